@@ -1,0 +1,203 @@
+"""The run's configuration: one dataclass whose field docs are the `--help` (litgpt style).
+
+`transformers.HfArgumentParser` turns every field into `--field-name` (and `--field_name`); a
+YAML or JSON file given with `--config` supplies defaults that flags on the command line override.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from .errors import UserError
+
+EVAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
+
+
+def _doc(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class FinetuneConfig:
+    # data
+    data_dir: Optional[str] = _doc(
+        "Class-per-folder image tree: DIR/train/<class>/*.jpg plus an eval split named "
+        f"{'/'.join(EVAL_SPLIT_NAMES)} (or no eval split: see --val-fraction). "
+        "Unset (and no --dataset-name): the d2l hotdog set, downloaded once and SHA-1 checked.",
+        default=None,
+    )
+    dataset_name: Optional[str] = _doc(
+        "Hub dataset id (e.g. 'user/food'), loaded with datasets.load_dataset; needs an image column "
+        "and a ClassLabel (or string) label column.",
+        default=None,
+    )
+    dataset_config: Optional[str] = _doc("Configuration name of the Hub dataset, if it has several.", default=None)
+    train_split: str = _doc("Name of the training split.", default="train")
+    eval_split: Optional[str] = _doc(
+        f"Name of the eval split; default: the first of {', '.join(EVAL_SPLIT_NAMES)} that exists.",
+        default=None,
+    )
+    val_fraction: float = _doc(
+        "When the data has no eval split: hold out this fraction of train, stratified by class and "
+        "seeded with --seed.",
+        default=0.1,
+    )
+    image_column: Optional[str] = _doc("Image column of a Hub dataset; default 'image' or 'img'.", default=None)
+    label_column: Optional[str] = _doc("Label column of a Hub dataset; default 'label' or 'labels'.", default=None)
+    cache_dir: Optional[str] = _doc(
+        "Where downloads (hotdog.zip) and the datasets cache go; default ~/.cache/hf_finetune "
+        "(or $HF_FINETUNE_CACHE).",
+        default=None,
+    )
+    num_workers: Optional[int] = _doc(
+        "DataLoader worker processes per training process; default: CPU cores / processes, at most 8.",
+        default=None,
+    )
+
+    # model
+    model: str = _doc(
+        "Any timm model name, 'hf-hub:org/name' or 'local-dir:PATH'. A bare name loads timm's default "
+        "pretrained tag (resnet18 -> resnet18.a1_in1k); the d2l chapter used torchvision's weights, "
+        "'resnet18.tv_in1k'.",
+        default="resnet18",
+    )
+    pretrained: bool = _doc("Start from pretrained weights (--no-pretrained: random init, the chapter's "
+                            "scratch baseline).", default=True)
+    pretrained_path: Optional[str] = _doc(
+        "Local weights file (.safetensors, or a state dict .pth/.bin loaded with weights_only) for the "
+        "--model architecture, instead of downloading.",
+        default=None,
+    )
+    reuse_classifier: bool = _doc(
+        "Start the output row of every label that names a source class (e.g. 'hotdog' = ImageNet 934 "
+        "'hotdog, hot dog, red hot'; case and _/-/space ignored) from the pretrained classifier's row and "
+        "bias; the others start Xavier-initialized. Only with pretrained weights whose classes are known.",
+        default=True,
+    )
+    label_map: Optional[str] = _doc(
+        "Matches stated by hand, overriding the automatic ones: 'hotdog=934,pie=pizza' (source index or "
+        "name) or a JSON file {\"hotdog\": 934}.",
+        default=None,
+    )
+    img_size: Optional[int] = _doc(
+        "Train and evaluate at this square input size instead of the model's default (e.g. 160 to train "
+        "faster on a CPU); it is saved in the model's config so inference uses it too.",
+        default=None,
+    )
+    channels_last: bool = _doc("Run the model in channels_last memory format (faster on CPU and "
+                               "tensor-core GPUs).", default=True)
+
+    # optimization
+    optimizer: Literal["sgd", "adamw"] = _doc("Optimizer; the chapter uses plain SGD.", default="sgd")
+    lr: float = _doc(
+        "Backbone learning rate for the MEAN loss over the global batch (the PyTorch/timm convention). "
+        "The chapter's 5e-5 is for the SUMMED loss at batch 128, which is 5e-5 x 128 = 6.4e-3 here.",
+        default=6.4e-3,
+    )
+    head_lr_mult: float = _doc("The new classifier head trains at this multiple of --lr (the chapter: 10).",
+                               default=10.0)
+    param_group: bool = _doc(
+        "Give the head its own learning rate; '--param-group false' puts every parameter in one group at "
+        "--lr, as the chapter's scratch baseline.",
+        default=True,
+    )
+    weight_decay: float = _doc(
+        "Weight decay on every parameter, for the mean loss. Default 1e-3 / 128 = 7.8125e-6: the chapter's "
+        "1e-3 under its summed loss at batch 128 (with a mean loss the decay term is not scaled up).",
+        default=1e-3 / 128,
+    )
+    momentum: float = _doc("SGD momentum (the chapter: 0).", default=0.0)
+    lr_scheduler: Literal["constant", "cosine"] = _doc(
+        "Learning-rate schedule over optimizer updates: 'constant' (the chapter) or 'cosine' decay to 0.",
+        default="constant",
+    )
+    warmup_steps: int = _doc("Linear warm-up over this many optimizer updates (both schedules).", default=0)
+
+    # training
+    epochs: int = _doc("Number of passes over the training split.", default=5)
+    batch_size: int = _doc(
+        "GLOBAL batch per optimizer update, whatever the number of processes: each process takes "
+        "batch_size / (processes x gradient_accumulation_steps) images per step.",
+        default=128,
+    )
+    gradient_accumulation_steps: int = _doc("Micro-batches accumulated per optimizer update.", default=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = _doc(
+        "Autocast precision ('bf16' works on CPU too); weights and the saved model stay fp32.", default="no"
+    )
+    seed: int = _doc("Seed for initialization, shuffling, augmentation and the holdout split.", default=0)
+    output_dir: str = _doc(
+        "Where the model (config.json, model.safetensors), metrics.json, training_curves.png and "
+        "checkpoints/ go.",
+        default="output",
+    )
+    resume: Optional[str] = _doc(
+        "Resume from a checkpoint folder, or 'latest' for the newest one in OUTPUT_DIR/checkpoints.",
+        default=None,
+    )
+    keep_checkpoints: int = _doc("How many per-epoch checkpoints to keep (the newest); 0 keeps all.", default=2)
+    report_to: str = _doc(
+        "Accelerate tracker(s), comma-separated: tensorboard, wandb, mlflow, comet_ml, aim, ... or 'none'.",
+        default="none",
+    )
+
+    def validate(self) -> "FinetuneConfig":
+        if self.data_dir and self.dataset_name:
+            raise UserError("give either --data-dir or --dataset-name, not both")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
+                    "gradient_accumulation_steps": self.gradient_accumulation_steps}
+        for name, value in positive.items():
+            if value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lr <= 0 or self.head_lr_mult <= 0:
+            raise UserError("--lr and --head-lr-mult must be positive")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.weight_decay < 0 or self.momentum < 0 or self.warmup_steps < 0:
+            raise UserError("--weight-decay, --momentum and --warmup-steps cannot be negative")
+        if self.img_size is not None and self.img_size < 16:
+            raise UserError(f"--img-size must be at least 16 pixels, got {self.img_size}")
+        if self.pretrained_path and not Path(self.pretrained_path).is_file():
+            raise UserError(f"--pretrained-path {self.pretrained_path} is not a file")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _load_config_file(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {path}: no such file")
+    text = file.read_text()
+    if file.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"--config {path}: unknown option(s) {', '.join(unknown)}; see --help")
+    return values
+
+
+def parse_config(argv: Optional[list[str]] = None) -> FinetuneConfig:
+    """Parse flags (and an optional `--config FILE.yaml|json` whose values flags override)."""
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(FinetuneConfig, description="Fine-tune a pretrained timm image classifier.")
+    parser.add_argument("--config", help="YAML or JSON file with any of these options; flags override it.")
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**_load_config_file(known.config))
+    namespace = parser.parse_args(argv)
+    del namespace.config
+    return FinetuneConfig(**vars(namespace)).validate()

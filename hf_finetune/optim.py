@@ -1,0 +1,51 @@
+"""Parameter groups (head at a multiple of the backbone LR), optimizer and LR schedule.
+
+Each group carries its real `lr`: torch optimizers and the transformers/LambdaLR schedules read
+`lr` only, so nothing may rely on timm's `lr_scale` convention here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import FinetuneConfig
+from .model import head_parameter_names
+
+
+def create_param_groups(model: nn.Module, config: FinetuneConfig) -> list[dict]:
+    """Trainable parameters split into a backbone group at `lr` and a head group at `lr * head_lr_mult`,
+    or one group at `lr` with `--param-group false` (the chapter's scratch baseline)."""
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    if not config.param_group:
+        return [_group("all", [param for _, param in trainable], config.lr, config)]
+    head = head_parameter_names(model)
+    return [
+        _group("backbone", [param for name, param in trainable if name not in head], config.lr, config),
+        _group("head", [param for name, param in trainable if name in head], config.lr * config.head_lr_mult, config),
+    ]
+
+
+def _group(name: str, params: list, lr: float, config: FinetuneConfig) -> dict:
+    return {"name": name, "params": params, "lr": lr, "weight_decay": config.weight_decay}
+
+
+def create_optimizer(param_groups: list[dict], config: FinetuneConfig) -> torch.optim.Optimizer:
+    groups = [group for group in param_groups if group["params"]]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, config: FinetuneConfig, total_updates: int):
+    """A schedule over optimizer updates (not micro-batches, not per-process steps)."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    if config.lr_scheduler == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_updates)
+    return get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+
+
+def describe_param_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
+    return [{"name": group["name"], "lr": group["lr"], "weight_decay": group["weight_decay"],
+             "num_params": sum(param.numel() for param in group["params"])} for group in optimizer.param_groups]

@@ -1,0 +1,87 @@
+"""Shared test setup: an offline, hermetic environment, tiny generated image folders, a local Hub.
+
+The Hub endpoint must be chosen before anything imports huggingface_hub (it reads HF_ENDPOINT at
+import), so a free port is picked here, at import time, and the `hub` fixture serves on it. With
+no server listening, any stray Hub lookup fails at once instead of hanging in retries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from hub_server import LocalHub, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+HOTDOG_MINI = SHARED / "data" / "hotdog-mini"
+LITE0_WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k"
+
+_HERMETIC_ROOT = Path(tempfile.mkdtemp(prefix="hf_finetune_tests_"))
+HUB_PORT = free_port()
+os.environ.update({
+    "HF_ENDPOINT": f"http://127.0.0.1:{HUB_PORT}",
+    "HF_HOME": str(_HERMETIC_ROOT / "hf_home"),
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_XET": "1",  # the local Hub serves plain HTTP files, not Xet storage
+    "HF_FINETUNE_CACHE": str(_HERMETIC_ROOT / "hf_finetune_cache"),
+    "TOKENIZERS_PARALLELISM": "false",
+})
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_OFFLINE", None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HERMETIC_ROOT, ignore_errors=True)
+
+
+def make_image_folder(root: Path, classes=("cat", "dog"), per_class=(8, 4), size=(40, 32),
+                      splits=("train", "val")) -> Path:
+    """A class-per-folder tree of small JPEGs whose colour depends on the class (learnable)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in zip(splits, per_class):
+        for index, name in enumerate(classes):
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.zeros((size[1], size[0], 3), dtype=np.float32)
+                base[..., index % 3] = 200
+                pixels = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}_{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def hub():
+    with LocalHub(_HERMETIC_ROOT / "hub", port=HUB_PORT) as server:
+        server.seed_model_repo("timm/tf_efficientnet_lite0.in1k", LITE0_WEIGHTS)
+        yield server
+
+
+@pytest.fixture
+def hub_env(hub) -> dict:
+    """Environment for a subprocess that talks to the local Hub with a token."""
+    return {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test_token"}
+
+
+def run_script(script: str, *args, env=None, timeout=900, check=True) -> subprocess.CompletedProcess:
+    """Run scripts/<script> as a user would, capturing output."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / script), *map(str, args)],
+                            capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result

@@ -1,0 +1,61 @@
+"""The command line and config files: every field is a flag, files give defaults, bad values are refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+from hf_finetune.config import FinetuneConfig, parse_config
+from hf_finetune.errors import UserError
+
+
+def test_dashed_flags_negations_and_bool_values():
+    config = parse_config(["--data-dir", "photos", "--no-pretrained", "--param-group", "false",
+                           "--head-lr-mult", "5", "--mixed-precision", "bf16", "--batch-size", "64"])
+    assert (config.data_dir, config.pretrained, config.param_group) == ("photos", False, False)
+    assert (config.head_lr_mult, config.mixed_precision, config.batch_size) == (5.0, "bf16", 64)
+    assert parse_config([]) == FinetuneConfig()
+
+
+@pytest.mark.parametrize("suffix, dump", [(".yaml", None), (".json", json.dumps)])
+def test_config_file_gives_defaults_that_flags_override(tmp_path, suffix, dump):
+    import yaml
+
+    values = {"model": "convnext_nano", "epochs": 3, "lr": 0.001, "head-lr-mult": 4}
+    path = tmp_path / f"run{suffix}"
+    path.write_text(dump(values) if dump else yaml.safe_dump(values))
+    config = parse_config(["--config", str(path), "--epochs", "7"])
+    assert (config.model, config.epochs, config.lr, config.head_lr_mult) == ("convnext_nano", 7, 0.001, 4)
+
+
+def test_unknown_key_in_config_file_is_refused(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 0.1\n")
+    with pytest.raises(UserError, match="unknown option.*learning_rate"):
+        parse_config(["--config", str(path)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--val-fraction", "1.5"], "--val-fraction"),
+    (["--data-dir", "a", "--dataset-name", "b"], "not both"),
+    (["--pretrained-path", "/nonexistent.safetensors"], "not a file"),
+])
+def test_bad_values_are_refused(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse_config(argv)
+
+
+def test_help_documents_every_field_and_the_conventions():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "finetune.py"), "--help"],
+                            capture_output=True, text=True, check=True)
+    text = " ".join(result.stdout.split())
+    for field in FinetuneConfig.__dataclass_fields__:
+        assert f"--{field.replace('_', '-')}" in text
+    assert "MEAN loss" in text and "SUMMED loss" in text  # which loss convention --lr uses
+    assert "resnet18.tv_in1k" in text  # which weights a bare name means vs the chapter's
+    assert "GLOBAL batch" in text

@@ -1,0 +1,117 @@
+"""End to end through scripts/finetune.py, as a user runs it: tiny folders first, then real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from conftest import HOTDOG_MINI, LITE0_WEIGHTS, REPO_ROOT, make_image_folder, run_script
+
+TINY = ["--model", "test_resnet", "--no-pretrained", "--batch-size", "4", "--num-workers", "0"]
+
+
+def _metrics(output_dir):
+    return json.loads((output_dir / "metrics.json").read_text())
+
+
+def test_one_epoch_saves_a_model_that_reloads_with_identical_logits(tiny_folder, tmp_path):
+    out = tmp_path / "out"
+    result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "1", "--output-dir", out)
+    assert "loss " in result.stdout and "train acc" in result.stdout and "examples/sec on [cpu]" in result.stdout
+    for name in ("config.json", "model.safetensors", "metrics.json", "training_curves.png", "run_config.json"):
+        assert (out / name).is_file(), name
+    reloaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert reloaded.pretrained_cfg["label_names"] == ["cat", "dog"]
+    # The checkpoint holds the same final weights through Accelerate's own writer: same logits.
+    from safetensors.torch import load_file
+
+    reference = timm.create_model("test_resnet", num_classes=2)
+    reference.load_state_dict(load_file(out / "checkpoints" / "epoch-1" / "model.safetensors"))
+    images = torch.randn(3, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(reloaded(images), reference.eval()(images))
+    metrics = _metrics(out)
+    assert metrics["final"]["eval_count"] == 8 and len(metrics["history"]) == 1
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert [g["name"] for g in run_config["param_groups"]] == ["backbone", "head"]
+    assert run_config["param_groups"][1]["lr"] == pytest.approx(10 * run_config["param_groups"][0]["lr"])
+
+
+def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path):
+    out = tmp_path / "out"
+    run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "1", "--output-dir", out)
+    result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "2", "--output-dir", out,
+                        "--resume", "latest")
+    assert "resumed from" in result.stdout and "epoch 1:" not in result.stdout and "epoch 2:" in result.stdout
+    assert [row["epoch"] for row in _metrics(out)["history"]] == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-1", "epoch-2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data-dir", "/nonexistent/photos"], "no such folder"),
+    (["--model", "resnet19x"], "closest timm names: resnet18"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--optimizer", "adam"], "invalid choice"),
+])
+def test_bad_input_is_one_clear_line_not_a_traceback(tiny_folder, tmp_path, args, message):
+    argv = ["--data-dir", tiny_folder, *TINY, "--output-dir", tmp_path / "out"]
+    result = run_script("finetune.py", *argv, *args, check=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_single_class_folder_is_a_clear_error(tmp_path):
+    folder = make_image_folder(tmp_path / "one", classes=("only",), per_class=(3, 1))
+    result = run_script("finetune.py", "--data-dir", folder, *TINY, "--output-dir", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "at least two" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_default_command_offline_fails_fast_naming_data_dir(tmp_path):
+    result = run_script("finetune.py", "--output-dir", tmp_path / "out", check=False, timeout=120,
+                        env={**os.environ, "HF_FINETUNE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2 and "--data-dir" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_no_eval_split_uses_a_seeded_holdout(tmp_path):
+    folder = make_image_folder(tmp_path / "flat", classes=("a", "b"), per_class=(10,), splits=(None,))
+    out = tmp_path / "out"
+    run_script("finetune.py", "--data-dir", folder, *TINY, "--epochs", "1", "--val-fraction", "0.2",
+               "--output-dir", out)
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["data"]["eval_split"] == "holdout" and run_config["data"]["eval_size"] == 4
+    assert _metrics(out)["final"]["eval_count"] == 4
+
+
+def test_two_processes_count_every_eval_image_once(tmp_path):
+    folder = make_image_folder(tmp_path / "data", per_class=(8, 5))  # 10 eval images: uneven over 2 x 4
+    common = ["--data-dir", folder, *TINY, "--batch-size", "8", "--epochs", "1"]
+    run_script("finetune.py", *common, "--output-dir", tmp_path / "one")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(REPO_ROOT / "scripts" / "finetune.py"), *map(str, common),
+                             "--output-dir", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert two["num_processes"] == 2 and two["devices"] == ["cpu", "cpu"]
+    assert one["final"]["eval_count"] == two["final"]["eval_count"] == 10
+    run_config = json.loads((tmp_path / "two" / "run_config.json").read_text())
+    assert run_config["per_device_batch_size"] == 4
+
+
+LITE0 = ["--model", f"local-dir:{LITE0_WEIGHTS}", "--data-dir", HOTDOG_MINI, "--img-size", "160",
+         "--epochs", "4", "--batch-size", "32", "--lr", "2e-3", "--momentum", "0.9", "--mixed-precision", "bf16"]
+
+
+@pytest.mark.slow
+def test_hotdog_mini_pretrained_beats_scratch(tmp_path):
+    """Real photos, real ImageNet weights: fine-tuning reaches >= 0.85 and scratch is >= 0.15 below."""
+    run_script("finetune.py", *LITE0, "--output-dir", tmp_path / "pretrained")
+    run_script("finetune.py", *LITE0, "--no-pretrained", "--output-dir", tmp_path / "scratch")
+    pretrained = _metrics(tmp_path / "pretrained")["final"]["eval_acc"]
+    scratch = _metrics(tmp_path / "scratch")["final"]["eval_acc"]
+    assert pretrained >= 0.85, pretrained
+    assert scratch <= pretrained - 0.15, (pretrained, scratch)
