@@ -54,6 +54,16 @@ class FinetuneConfig:
         "(or $HF_FINETUNE_CACHE).",
         default=None,
     )
+    cache: bool = _doc(
+        "Decode every image once into a resized uint8 Arrow cache (memory-mapped, reused across epochs and "
+        "runs, rebuilt when the files or the model's data config change); --no-cache decodes every epoch.",
+        default=True,
+    )
+    max_bad_fraction: float = _doc(
+        "Unreadable images (truncated, empty, not an image, decompression bombs) are reported and skipped; "
+        "more than this fraction of a split fails the run instead.",
+        default=0.01,
+    )
     num_workers: Optional[int] = _doc(
         "DataLoader worker processes per training process; default: CPU cores / processes, at most 8.",
         default=None,
@@ -91,6 +101,28 @@ class FinetuneConfig:
     )
     channels_last: bool = _doc("Run the model in channels_last memory format (faster on CPU and "
                                "tensor-core GPUs).", default=True)
+
+    freeze: Optional[str] = _doc(
+        "Freeze these timm layer groups (comma-separated group names of the model's group_matcher, e.g. "
+        "'stem,stages.0' or 'stem,blocks.0'): no gradient, not in the optimizer, BatchNorm in eval mode.",
+        default=None,
+    )
+    freeze_fraction: float = _doc(
+        "Freeze this fraction of the backbone's layer groups, from the bottom (the most general features).",
+        default=0.0,
+    )
+    freeze_epochs: int = _doc(
+        "Head warm-up (fastai's fine_tune): train only the head for this many epochs, backbone frozen with "
+        "BatchNorm in eval mode, then unfreeze with the layer-wise learning rates.",
+        default=0,
+    )
+    freeze_bn: bool = _doc("Keep every BatchNorm's running statistics fixed (eval mode) throughout.",
+                           default=False)
+    layer_decay: Optional[float] = _doc(
+        "Scale each backbone layer group's LR by layer_decay ** (depth from the top), e.g. 0.75, using timm's "
+        "group_matcher; multiplied with --head-lr-mult for the head.",
+        default=None,
+    )
 
     # optimization
     optimizer: Literal["sgd", "adamw"] = _doc("Optimizer; the chapter uses plain SGD.", default="sgd")
@@ -140,6 +172,7 @@ class FinetuneConfig:
         default=None,
     )
     keep_checkpoints: int = _doc("How many per-epoch checkpoints to keep (the newest); 0 keeps all.", default=2)
+    compile: bool = _doc("torch.compile the model (slow first steps; faster long runs on GPU).", default=False)
     report_to: str = _doc(
         "Accelerate tracker(s), comma-separated: tensorboard, wandb, mlflow, comet_ml, aim, ... or 'none'.",
         default="none",
@@ -161,6 +194,12 @@ class FinetuneConfig:
             raise UserError("--weight-decay, --momentum and --warmup-steps cannot be negative")
         if self.img_size is not None and self.img_size < 16:
             raise UserError(f"--img-size must be at least 16 pixels, got {self.img_size}")
+        if not 0 <= self.freeze_fraction <= 1 or not 0 <= self.max_bad_fraction <= 1:
+            raise UserError("--freeze-fraction and --max-bad-fraction must be between 0 and 1")
+        if not 0 <= self.freeze_epochs <= self.epochs:
+            raise UserError(f"--freeze-epochs must be between 0 and --epochs ({self.epochs})")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         if self.pretrained_path and not Path(self.pretrained_path).is_file():
             raise UserError(f"--pretrained-path {self.pretrained_path} is not a file")
         return self
