@@ -24,8 +24,10 @@ def _summed(accelerator, loss_sum, correct, count, started: float) -> EpochStats
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), time.perf_counter() - started)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, accelerator, epoch: int) -> EpochStats:
+def train_one_epoch(model, loader, optimizer, scheduler, accelerator, epoch: int, frozen_norms=()) -> EpochStats:
     model.train()
+    for norm in frozen_norms:  # frozen blocks keep their pretrained BatchNorm statistics
+        norm.eval()
     started = time.perf_counter()
     loss_sum, correct, count = (torch.zeros((), device=accelerator.device) for _ in range(3))
     for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False):

@@ -19,6 +19,8 @@ from .config import FinetuneConfig
 from .data import load_image_data
 from .engine import evaluate, train_one_epoch
 from .errors import UserError
+from .layers import (backbone_parameters, count_parameters, frozen_batchnorms, parameters_to_freeze,
+                     set_requires_grad)
 from .loaders import create_dataloaders
 from .model import create_classifier, save_classifier
 from .optim import create_optimizer, create_param_groups, create_scheduler, describe_param_groups
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 def create_accelerator(config: FinetuneConfig):
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 
     report_to = [name.strip() for name in config.report_to.split(",") if name.strip() not in ("", "none")]
     # Launched by torch.distributed.run without a GPU, Accelerate only picks gloo when told it runs on CPU.
@@ -45,6 +47,8 @@ def create_accelerator(config: FinetuneConfig):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # We step the schedule once per optimizer update ourselves (see engine.train_one_epoch).
         step_scheduler_with_optimizer=False,
+        # During a head warm-up the backbone gets no gradient; DDP must then not wait for one.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.freeze_epochs > 0)],
     )
 
 
@@ -77,7 +81,12 @@ def finetune(config: FinetuneConfig) -> dict:
         model = model.to(memory_format=torch.channels_last)
     train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
                                                    accelerator.num_processes, config.channels_last)
+    frozen = parameters_to_freeze(model, config.freeze, config.freeze_fraction)
+    set_requires_grad(model, frozen, False)  # before the optimizer: frozen parameters are not in it
     optimizer = create_optimizer(create_param_groups(model, config), config)
+    # Head warm-up: the backbone is in the optimizer but gets no gradient until its epochs are over.
+    warmup_frozen = backbone_parameters(model) - frozen if config.freeze_epochs else set()
+    trainable, total = count_parameters(model)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     updates_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     scheduler = accelerator.prepare(create_scheduler(optimizer, config, updates_per_epoch * config.epochs))
@@ -96,6 +105,9 @@ def finetune(config: FinetuneConfig) -> dict:
         "label_names": data.label_names, "reused_classifier_rows": reused_rows, "param_groups": describe_param_groups(optimizer),
         "num_processes": accelerator.num_processes, "per_device_batch_size": batch_per_device,
         "mixed_precision": config.mixed_precision, "versions": library_versions(),
+        "frozen": {"groups": config.freeze, "fraction": config.freeze_fraction, "num_params": total - trainable,
+                   "head_warmup_epochs": config.freeze_epochs, "batchnorm_frozen": config.freeze_bn},
+        "trainable_params": trainable, "total_params": total,
     }
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -103,11 +115,17 @@ def finetune(config: FinetuneConfig) -> dict:
         accelerator.print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split} images, "
                           f"classes {data.label_names}; {config.model}: "
                           + ", ".join(f"{g['name']} lr {g['lr']:g}" for g in run_config["param_groups"]))
+        accelerator.print(f"trainable parameters: {trainable:,} of {total:,}")
     accelerator.init_trackers("hf_finetune", config={k: v for k, v in config.to_dict().items() if v is not None})
 
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         train_loader.set_epoch(epoch)
-        train = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, epoch)
+        warming_up = epoch <= config.freeze_epochs
+        set_requires_grad(accelerator.unwrap_model(model), warmup_frozen, not warming_up)
+        if config.freeze_epochs and epoch <= config.freeze_epochs + 1:
+            accelerator.print(f"epoch {epoch}: " + ("head only, backbone frozen" if warming_up else "backbone unfrozen"))
+        norms = frozen_batchnorms(accelerator.unwrap_model(model), all_of_them=config.freeze_bn)
+        train = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, epoch, norms)
         evaluation = evaluate(model, eval_loader, accelerator)
         row = {"epoch": epoch, "train_loss": train.loss, "train_acc": train.accuracy, "eval_loss": evaluation.loss,
                "eval_acc": evaluation.accuracy, "train_count": train.count, "eval_count": evaluation.count,

@@ -10,20 +10,34 @@ import torch
 from torch import nn
 
 from .config import FinetuneConfig
+from .layers import layer_depths
 from .model import head_parameter_names
 
 
 def create_param_groups(model: nn.Module, config: FinetuneConfig) -> list[dict]:
     """Trainable parameters split into a backbone group at `lr` and a head group at `lr * head_lr_mult`,
-    or one group at `lr` with `--param-group false` (the chapter's scratch baseline)."""
+    or one group at `lr` with `--param-group false` (the chapter's scratch baseline). With --layer-decay,
+    one group per depth d from the top at `lr * decay**d` (times the head multiplier for the head)."""
     trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     if not config.param_group:
         return [_group("all", [param for _, param in trainable], config.lr, config)]
     head = head_parameter_names(model)
-    return [
-        _group("backbone", [param for name, param in trainable if name not in head], config.lr, config),
-        _group("head", [param for name, param in trainable if name in head], config.lr * config.head_lr_mult, config),
-    ]
+    if config.layer_decay is None:
+        return [
+            _group("backbone", [param for name, param in trainable if name not in head], config.lr, config),
+            _group("head", [param for name, param in trainable if name in head], config.lr * config.head_lr_mult,
+                   config),
+        ]
+    depths = layer_depths(model)
+    groups: dict[str, dict] = {}
+    for name, param in trainable:
+        depth, in_head = depths[name], name in head
+        key = "head" if in_head else f"backbone.depth{depth}"
+        if key not in groups:
+            lr = config.lr * (config.head_lr_mult if in_head else 1.0) * config.layer_decay ** depth
+            groups[key] = _group(key, [], lr, config) | {"depth": depth}
+        groups[key]["params"].append(param)
+    return sorted(groups.values(), key=lambda group: (group["name"] == "head", -group["depth"]))
 
 
 def _group(name: str, params: list, lr: float, config: FinetuneConfig) -> dict:

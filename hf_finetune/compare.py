@@ -1,0 +1,72 @@
+"""The chapter's experiment as a command: the same data, epochs and seed, fine-tuned vs from scratch.
+
+Each variant is an ordinary `scripts/finetune.py` run in its own process and output folder (a fresh
+Accelerate state each, and any launcher works); this module only chooses the flags and tabulates.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+FINETUNE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finetune.py"
+
+# name -> (description, extra flags). Flags come after the user's, so they win.
+VARIANTS = {
+    "finetune": ("pretrained, new head at --head-lr-mult x LR", ["--pretrained", "--no-reuse-classifier"]),
+    "scratch": ("random init, one parameter group at 10x LR (the chapter's baseline)",
+                ["--no-pretrained", "--param-group", "false", "--no-reuse-classifier"]),
+    "reuse": ("pretrained, head rows of matching source classes reused", ["--pretrained", "--reuse-classifier"]),
+    "freeze": ("pretrained, bottom half of the backbone frozen",
+               ["--pretrained", "--no-reuse-classifier", "--freeze-fraction", "0.5"]),
+    "warmup": ("pretrained, head-only first epoch, then all layers",
+               ["--pretrained", "--no-reuse-classifier", "--freeze-epochs", "1"]),
+}
+COLUMNS = ("train_loss", "train_acc", "eval_acc", "examples_per_sec", "total_seconds")
+
+
+def _option(args: list[str], name: str, default: str) -> str:
+    flags = {f"--{name}", f"--{name.replace('-', '_')}"}
+    values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in flags]
+    return values[-1] if values else default
+
+
+def variant_args(name: str, user_args: list[str], output_dir: Path) -> list[str]:
+    _, flags = VARIANTS[name]
+    if name == "scratch":  # the chapter trains from scratch at 10x the fine-tuning LR
+        flags = flags + ["--lr", repr(10 * float(_option(user_args, "lr", "6.4e-3")))]
+    return [*user_args, *flags, "--output-dir", str(output_dir / name)]
+
+
+def run_comparison(user_args: list[str], output_dir: Path, variants: list[str]) -> dict:
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    results = {}
+    for name in variants:
+        print(f"== {name}: {VARIANTS[name][0]}", flush=True)
+        run = subprocess.run([sys.executable, str(FINETUNE_SCRIPT), *variant_args(name, user_args, output_dir)])
+        if run.returncode != 0:
+            raise UserError(f"variant {name!r} failed (exit {run.returncode}); its output is in {output_dir / name}")
+        metrics = json.loads((output_dir / name / "metrics.json").read_text())
+        results[name] = {"description": VARIANTS[name][0], **{key: metrics["final"][key] for key in COLUMNS}}
+    comparison = {"args": user_args, "variants": results}
+    (output_dir / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    (output_dir / "comparison.md").write_text(comparison_markdown(results))
+    return comparison
+
+
+def comparison_markdown(results: dict) -> str:
+    """A table in the chapter's terms, ready to include in a model card."""
+    lines = ["## Fine-tuning vs training from scratch", "",
+             "Same data, epochs and seed for every row (the d2l Fine-Tuning chapter's experiment).", "",
+             "| variant | loss | train acc | test acc | examples/sec | wall time (s) | setup |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        lines.append(f"| {name} | {row['train_loss']:.3f} | {row['train_acc']:.3f} | {row['eval_acc']:.3f} | "
+                     f"{row['examples_per_sec']:.1f} | {row['total_seconds']:.0f} | {row['description']} |")
+    return "\n".join(lines) + "\n"
