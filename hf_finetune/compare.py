@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .card import write_model_card
 from .errors import UserError
 
 FINETUNE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finetune.py"
@@ -56,7 +57,11 @@ def run_comparison(user_args: list[str], output_dir: Path, variants: list[str]) 
         results[name] = {"description": VARIANTS[name][0], **{key: metrics["final"][key] for key in COLUMNS}}
     comparison = {"args": user_args, "variants": results}
     (output_dir / "comparison.json").write_text(json.dumps(comparison, indent=2))
-    (output_dir / "comparison.md").write_text(comparison_markdown(results))
+    table = comparison_markdown(results)
+    (output_dir / "comparison.md").write_text(table)
+    for name in variants:  # each variant's model card shows the whole experiment
+        (output_dir / name / "comparison.md").write_text(table)
+        write_model_card(output_dir / name)
     return comparison
 
 

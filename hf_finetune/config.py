@@ -173,6 +173,13 @@ class FinetuneConfig:
     )
     keep_checkpoints: int = _doc("How many per-epoch checkpoints to keep (the newest); 0 keeps all.", default=2)
     compile: bool = _doc("torch.compile the model (slow first steps; faster long runs on GPU).", default=False)
+    push_to_hub: Optional[str] = _doc(
+        "After training, publish config.json, model.safetensors, README.md (the generated model card) and "
+        "training_curves.png to this Hub repo ('user/name') in one commit, then pull it back and check the "
+        "logits. The token comes from HF_TOKEN or `hf auth login`, never from a flag.",
+        default=None,
+    )
+    hub_public: bool = _doc("Make a newly created Hub repo public (default: private).", default=False)
     report_to: str = _doc(
         "Accelerate tracker(s), comma-separated: tensorboard, wandb, mlflow, comet_ml, aim, ... or 'none'.",
         default="none",

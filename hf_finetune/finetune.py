@@ -14,11 +14,14 @@ from pathlib import Path
 
 import torch
 
+from .cache import prepare_images
+from .card import write_model_card
 from .checkpoints import TrainingProgress, resolve_checkpoint, save_checkpoint
 from .config import FinetuneConfig
 from .data import load_image_data
 from .engine import evaluate, train_one_epoch
 from .errors import UserError
+from .hub import check_push_possible, push_to_hub
 from .layers import (backbone_parameters, count_parameters, frozen_batchnorms, parameters_to_freeze,
                      set_requires_grad)
 from .loaders import create_dataloaders
@@ -37,7 +40,7 @@ def create_accelerator(config: FinetuneConfig):
     report_to = [name.strip() for name in config.report_to.split(",") if name.strip() not in ("", "none")]
     # Launched by torch.distributed.run without a GPU, Accelerate only picks gloo when told it runs on CPU.
     multi_process_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=multi_process_cpu,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -50,6 +53,12 @@ def create_accelerator(config: FinetuneConfig):
         # During a head warm-up the backbone gets no gradient; DDP must then not wait for one.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.freeze_epochs > 0)],
     )
+    # Accelerate drops a tracker whose package is missing with only a warning: refuse instead.
+    active = {str(getattr(tracker, "value", tracker)) for tracker in accelerator.log_with}
+    missing = [name for name in report_to if name not in active]
+    if missing:
+        raise UserError(f"--report-to {','.join(missing)}: tracker not available; pip install {' '.join(missing)}")
+    return accelerator
 
 
 def per_device_batch_size(config: FinetuneConfig, num_processes: int) -> int:
@@ -66,6 +75,8 @@ def finetune(config: FinetuneConfig) -> dict:
     from accelerate.utils import gather_object, set_seed
 
     config.validate()
+    if config.push_to_hub:
+        check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
     accelerator = create_accelerator(config)
     output_dir = Path(config.output_dir)
     batch_per_device = per_device_batch_size(config, accelerator.num_processes)
@@ -79,6 +90,8 @@ def finetune(config: FinetuneConfig) -> dict:
                    if config.reuse_classifier and source.pretrained else [])
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    with accelerator.main_process_first():  # one process decodes every image once; the others load its result
+        data = prepare_images(data, model, config.cache, config.max_bad_fraction, report=accelerator.is_main_process)
     train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
                                                    accelerator.num_processes, config.channels_last)
     frozen = parameters_to_freeze(model, config.freeze, config.freeze_fraction)
@@ -102,7 +115,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "config": config.to_dict(), "command": sys.argv, "source": _describe_source(source),
         "data": {"name": data.name, "eval_split": data.eval_split, "train_size": len(data.train),
                  "eval_size": len(data.eval)},
-        "label_names": data.label_names, "reused_classifier_rows": reused_rows, "param_groups": describe_param_groups(optimizer),
+        "label_names": data.label_names, "label_matches": reused_rows, "param_groups": describe_param_groups(optimizer),
         "num_processes": accelerator.num_processes, "per_device_batch_size": batch_per_device,
         "mixed_precision": config.mixed_precision, "versions": library_versions(),
         "frozen": {"groups": config.freeze, "fraction": config.freeze_fraction, "num_params": total - trainable,
@@ -148,8 +161,11 @@ def finetune(config: FinetuneConfig) -> dict:
         save_classifier(accelerator.unwrap_model(model), output_dir)
         write_json(output_dir / "metrics.json", metrics)
         plot_training_curves(history, output_dir / "training_curves.png")
+        write_model_card(output_dir)
         for line in summary_lines(final, devices):
             accelerator.print(line)
+        if config.push_to_hub:
+            accelerator.print(f"pushed: {push_to_hub(output_dir, config.push_to_hub, private=not config.hub_public)}")
     accelerator.end_training()
     return metrics
 

@@ -1,0 +1,146 @@
+"""The generated model card: front matter the Hub accepts, numbers from metrics.json, no local paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finished_run import LABELS, make_finished_run
+from hf_finetune import card as card_module
+from hf_finetune.card import find_template, sanitize_command, write_model_card
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_finished_run(tmp_path_factory.mktemp("card") / "hotdog-run")
+
+
+def test_front_matter_is_valid_and_model_index_equals_metrics(run_dir):
+    from huggingface_hub import ModelCard
+
+    text = write_model_card(run_dir).read_text()
+    meta = front_matter(text)
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    assert meta["library_name"] == "timm" and meta["pipeline_tag"] == "image-classification"
+    assert set(meta["tags"]) >= {"image-classification", "timm", "transformers", "hf_finetune"}
+    assert meta["metrics"] == ["accuracy"]
+    # From scratch on a local folder: no base model, no license to inherit, no Hub dataset to name.
+    assert not {"base_model", "license", "datasets"} & set(meta)
+    (result,) = meta["model-index"][0]["results"]
+    assert result["task"]["type"] == "image-classification"
+    assert result["dataset"] == {"name": "tiny", "type": "imagefolder", "split": "val"}
+    assert result["metrics"][0]["type"] == "accuracy" and result["metrics"][0]["value"] == final["eval_acc"]
+    # huggingface_hub parses it back into the same EvalResult.
+    loaded = ModelCard.load(run_dir / "README.md")
+    assert loaded.data.eval_results[0].metric_value == final["eval_acc"]
+    assert meta["model-index"][0]["name"] == "hotdog-run"
+
+
+def test_card_validates_against_the_hub(run_dir, hub):
+    from huggingface_hub import ModelCard
+
+    before = len(hub.requests)
+    ModelCard.load(write_model_card(run_dir, "tester/hotdog-run")).validate()
+    assert ("POST", "/api/validate-yaml", 200) in hub.requests[before:]
+
+
+def test_body_documents_the_run_without_local_paths(run_dir):
+    text = write_model_card(run_dir, "me/hotdog-run").read_text()
+    body = text.split("---\n", 2)[2]
+    for index, label in enumerate(LABELS):
+        assert f"| {index} | {label.replace('|', chr(92) + '|')} |" in body
+    assert "| 1 | 0.9000 | 0.6000 | 0.8000 | 0.5833 |" in body and "| 2 | 0.4500 |" in body  # per epoch
+    assert "| eval accuracy | 0.9167 |" in body
+    assert "![Training loss and accuracy per epoch](training_curves.png)" in body
+    for fact in ("| backbone learning rate | 0.0064, for the mean loss", "x10 the backbone LR",
+                 "| backbone | 0.0064 | 7.8125e-06 | 1,000 |", "| head | 0.064 |", "| epochs | 2 |",
+                 "| global batch size | 8 = 8 per device x 1 process(es)", "| mixed precision | no |", "| seed | 0 |"):
+        assert fact in body
+    assert "finetune.py --model test_resnet --data-dir tiny --output-dir=hotdog-run --epochs 2" in body
+    assert 'timm.create_model("hf-hub:me/hotdog-run", pretrained=True)' in body
+    assert 'pipeline("image-classification", model="me/hotdog-run")' in body
+    assert "python scripts/predict.py me/hotdog-run img.jpg" in body
+    assert "- timm " in body and "@book{zhang2023dive" in body and "@misc{rw2019timm" in body
+    for secret in ("/home", "alice", str(run_dir.parent), "/tmp"):
+        assert secret not in text
+
+
+def test_pretrained_hub_source_and_hub_dataset_fill_front_matter(tmp_path):
+    run = make_finished_run(tmp_path / "run", source={
+        "name": "resnet18", "architecture": "resnet18", "pretrained": True, "hub_id": "timm/resnet18.a1_in1k",
+        "tag": "a1_in1k", "license": "Apache-2.0"})
+    run_config = json.loads((run / "run_config.json").read_text())
+    run_config["config"].update(dataset_name="food/hotdogs", data_dir=None)
+    run_config["data"]["name"] = "food/hotdogs"
+    (run / "run_config.json").write_text(json.dumps(run_config))
+    text = write_model_card(run, "me/x").read_text()
+    meta = front_matter(text)
+    assert meta["base_model"] == "timm/resnet18.a1_in1k" and meta["license"] == "apache-2.0"
+    assert meta["datasets"] == ["food/hotdogs"]
+    assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "food/hotdogs"
+    assert "fine-tuned from [`timm/resnet18.a1_in1k`](https://huggingface.co/timm/resnet18.a1_in1k)" in text
+
+
+def test_later_run_records_appear_when_present(tmp_path):
+    run = make_finished_run(
+        tmp_path / "run", frozen=["stem", "stages.0"],
+        label_matches=[{"label": "hot dog", "source_index": 934, "source_label": "hotdog, hot dog, red hot"}])
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["bad_files"] = [{"path": "/home/alice/photos/train/a.jpg", "reason": "truncated"}] * 3
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    text = write_model_card(run).read_text()
+    assert "| frozen layers | stem, stages.0 |" in text
+    assert "| unreadable images skipped | 3 |" in text and "alice" not in text
+    assert "| 0 | hot dog | 934 (hotdog, hot dog, red hot) |" in text
+    assert "| 1 | not_hotdog |  |" in text
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/home/alice/src/scripts/finetune.py", "--data-dir", "/home/alice/photos/"],
+     ["finetune.py", "--data-dir", "photos"]),
+    (["scripts/finetune.py", "--data_dir=~/photos", "--output-dir", "runs/one", "--push-to-hub", "me/model"],
+     ["scripts/finetune.py", "--data_dir=photos", "--output-dir", "one", "--push-to-hub", "me/model"]),
+    (["finetune.py", "--model", "local-dir:/srv/alice/weights", "--pretrained-path", "weights/a.safetensors"],
+     ["finetune.py", "--model", "local-dir:weights", "--pretrained-path", "a.safetensors"]),
+    (["finetune.py", "--model", "hf-hub:timm/resnet18.a1_in1k", "--no-pretrained", "--lr", "0.01",
+      "--config", "C:\\Users\\alice\\run.yaml"],
+     ["finetune.py", "--model", "hf-hub:timm/resnet18.a1_in1k", "--no-pretrained", "--lr", "0.01",
+      "--config", "run.yaml"]),
+])
+def test_command_keeps_only_the_last_component_of_local_paths(argv, expected):
+    assert sanitize_command(argv) == expected
+
+
+def test_template_is_found_in_an_installed_package(tmp_path, monkeypatch):
+    # The wheel carries the template as data installed under <prefix>/share/hf_finetune ...
+    source = tmp_path / "src"  # a copy: building in the checkout would leave build/ files in it
+    for name in ("hf_finetune", "model_cards"):
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    data_path = "hf_finetune-0.1.0.data/data/share/hf_finetune/model_cards/template.md"
+    assert zipfile.ZipFile(wheel).read(data_path) == (REPO_ROOT / "model_cards/template.md").read_bytes()
+    # ... and the package, away from the source tree, looks there.
+    prefix = tmp_path / "prefix"
+    (prefix / "share/hf_finetune/model_cards").mkdir(parents=True)
+    (prefix / "share/hf_finetune/model_cards/template.md").write_text("{{ card_data }}")
+    monkeypatch.setattr(card_module, "__file__", str(prefix / "lib/site-packages/hf_finetune/card.py"))
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    assert find_template() == prefix / "share/hf_finetune/model_cards/template.md"
