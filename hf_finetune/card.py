@@ -228,7 +228,9 @@ def _training_details(run: dict, metrics: dict) -> list[tuple[str, str]]:
     return [(name, _cell(value)) for name, value in rows]
 
 
-def _describe_frozen(frozen: dict) -> str:
+def _describe_frozen(frozen) -> str:
+    if not isinstance(frozen, dict):  # a plain list of frozen groups
+        return ", ".join(map(str, frozen))
     parts = []
     if frozen.get("groups"):
         parts.append(f"groups {frozen['groups']}")

@@ -1,81 +1,199 @@
-"""Per-epoch checkpoints through `Accelerator.save_state`, committed by one rename.
+"""Crash-consistent checkpoints that load without unpickling code, and exact resume.
 
-Accelerate writes a state folder in place and its own retention can delete the old checkpoint
-before the new one is complete; here every checkpoint is written under a temporary name and
-renamed by the main process once all processes have written their part, so a folder named
-`epoch-N` is always complete, and older ones are removed only after that.
+Hand-written rather than `Accelerator.save_state` because that writes in place (a kill mid-save
+leaves a half folder that auto-resume then picks), its retention deletes the old checkpoint before
+the new one exists, and it loads custom state and RNG pickles with `weights_only=False`. Here:
+  * weights are safetensors; everything else is tensors/numbers loaded with `weights_only=True`;
+  * each checkpoint is written into a staging folder, fsynced, and committed by one rename on the
+    main process between barriers; old ones are removed only after that;
+  * resume takes the newest checkpoint that is complete and says loudly which broken ones it skips.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
 import re
 import shutil
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+import torch
+
 from .errors import UserError
+from .model import unwrap
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d+)$")
+CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)-step-(\d+)$")
+STATE_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "progress.json")
 
 
 class TrainingProgress:
-    """Completed epochs and their metrics, saved inside each checkpoint (registered with Accelerate)."""
+    """Where training stands: completed epochs, batches done in the next one, and the metrics so far."""
 
     def __init__(self):
-        self.epoch = 0
+        self.epoch = 0  # completed epochs
+        self.step = 0  # batches (micro-steps) of epoch + 1 already trained, for a mid-epoch resume
         self.history: list[dict] = []
+        self.partial: dict = {}  # train loss/correct/count sums of the interrupted epoch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "history": self.history}
+        return {"epoch": self.epoch, "step": self.step, "history": self.history, "partial": self.partial}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history, self.partial = list(state["history"]), dict(state.get("partial") or {})
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
-    return output_dir / "checkpoints"
+    return Path(output_dir) / "checkpoints"
+
+
+def checkpoint_name(epoch: int, step: int) -> str:
+    return f"epoch-{epoch:04d}-step-{step:06d}"
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Committed checkpoints, oldest first."""
+    """Committed checkpoint folders, oldest first."""
     folder = checkpoints_dir(output_dir)
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))] \
-        if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    found = [(tuple(map(int, match.groups())), path) for path in folder.iterdir()
+             if (match := CHECKPOINT_NAME.match(path.name))]
     return [path for _, path in sorted(found)]
 
 
-def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int) -> Path:
-    final = checkpoints_dir(output_dir) / f"epoch-{epoch}"
-    staging = checkpoints_dir(output_dir) / f".staging-epoch-{epoch}"
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+             "numpy_pos": numpy_state[2], "numpy_has_gauss": numpy_state[3], "numpy_gauss": numpy_state[4],
+             "python_version": python_state[0], "python_state": torch.tensor(python_state[1], dtype=torch.int64)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate((state["python_version"], tuple(state["python_state"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in [*folder.iterdir(), folder]:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def save_checkpoint(accelerator, output_dir: Path, model, optimizer, scheduler, progress: TrainingProgress,
+                    identity: dict, keep: int) -> Path:
+    """Write a checkpoint of the current state; every process calls this at the same step."""
+    from safetensors.torch import save_file
+
+    final = checkpoints_dir(output_dir) / checkpoint_name(progress.epoch, progress.step)
+    staging = final.with_name(".staging-" + final.name)
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging), safe_serialization=True)
+    torch.save(_rng_state(), staging / f"rng-{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+        save_file(state, staging / "model.safetensors")
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        if accelerator.scaler is not None:
+            torch.save(accelerator.scaler.state_dict(), staging / "scaler.pt")
+        (staging / "identity.json").write_text(json.dumps(identity, indent=2))
+        (staging / "progress.json").write_text(json.dumps(progress.state_dict(), indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        _fsync_tree(staging)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
+        _fsync_tree(final.parent)
         for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def resolve_checkpoint(output_dir: Path, resume: Optional[str]) -> Optional[Path]:
-    """`--resume latest` -> the newest committed checkpoint (None if there is none yet); a path -> itself."""
-    if not resume:
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why `path` is not a complete checkpoint, or None if it is."""
+    missing = [name for name in (*STATE_FILES, "identity.json") if not (path / name).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path / "model.safetensors"), framework="pt"):
+            pass
+        json.loads((path / "progress.json").read_text())
+        processes = json.loads((path / "identity.json").read_text())["num_processes"]
+        missing = [f"rng-{rank}.pt" for rank in range(processes) if not (path / f"rng-{rank}.pt").is_file()]
+        if missing:
+            return f"missing {', '.join(missing)}"
+    except Exception as error:  # a torn write shows up as any parse error
+        return f"unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    return None
+
+
+def find_checkpoint(output_dir: Path, resume: Optional[str]) -> Optional[Path]:
+    """The checkpoint to resume from: `auto`/`latest` -> the newest complete one (or None); a path -> it."""
+    if resume in (None, "none"):
         return None
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            logger.warning("--resume latest: no checkpoint in %s yet; starting from scratch",
-                           checkpoints_dir(output_dir))
-        return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_dir():
-        raise UserError(f"--resume {resume}: no such checkpoint folder (or use --resume latest)")
-    return path
+    if resume not in ("auto", "latest"):
+        path = Path(resume)
+        problem = checkpoint_problem(path) if path.is_dir() else "no such folder"
+        if problem:
+            raise UserError(f"--resume {resume}: not a usable checkpoint ({problem})")
+        return path
+    for path in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("SKIPPING BROKEN CHECKPOINT %s: %s", path, problem)
+    return None
+
+
+def check_identity(path: Path, identity: dict) -> None:
+    """Refuse to resume a checkpoint made with other classes, data, model or process layout."""
+    saved = json.loads((path / "identity.json").read_text())
+    differences = [f"{key}: checkpoint {saved.get(key)!r}, now {value!r}" for key, value in identity.items()
+                   if saved.get(key) != value]
+    if differences:
+        raise UserError(f"cannot resume {path}: it was made with other settings ({'; '.join(differences)}); "
+                        "use the original settings, another --output-dir, or --resume none to start over")
+
+
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, progress: TrainingProgress) -> dict:
+    """Load a checkpoint into the prepared objects; returns this process's RNG state to restore."""
+    from safetensors.torch import load_file
+
+    unwrap(model).load_state_dict(load_file(path / "model.safetensors"))
+    optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
+    scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
+    if accelerator.scaler is not None and (path / "scaler.pt").is_file():
+        accelerator.scaler.load_state_dict(_load_tensors(path / "scaler.pt"))
+    progress.load_state_dict(json.loads((path / "progress.json").read_text()))
+    return _load_tensors(path / f"rng-{accelerator.process_index}.pt")
+
+
+def _load_tensors(path: Path):
+    """torch.load that only accepts tensors and plain data: a crafted pickle cannot run code here."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"refusing to load {path}: not plain tensor data ({reason[:160]}); delete that "
+                        "checkpoint folder or pass --resume none") from None

@@ -10,13 +10,16 @@ from typing import Callable, Optional
 
 def run_cli(main: Callable[[], object]) -> None:
     """Run `main`; a UserError (bad input) prints `error: ...` and exits 2 instead of a traceback."""
-    from .errors import UserError
+    from .errors import TrainingStopped, UserError
 
     try:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as stopped:
+        print(str(stopped), file=sys.stderr)
+        sys.exit(TrainingStopped.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -167,9 +167,11 @@ class FinetuneConfig:
         "checkpoints/ go.",
         default="output",
     )
-    resume: Optional[str] = _doc(
-        "Resume from a checkpoint folder, or 'latest' for the newest one in OUTPUT_DIR/checkpoints.",
-        default=None,
+    resume: str = _doc(
+        "'auto': continue from the newest complete checkpoint in OUTPUT_DIR/checkpoints, if any (re-running a "
+        "finished command trains and pushes nothing; after a crash it resumes); a checkpoint folder; or 'none' "
+        "to start over.",
+        default="auto",
     )
     keep_checkpoints: int = _doc("How many per-epoch checkpoints to keep (the newest); 0 keeps all.", default=2)
     compile: bool = _doc("torch.compile the model (slow first steps; faster long runs on GPU).", default=False)

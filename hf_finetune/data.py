@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +30,9 @@ class ImageData:
     label_names: list[str]
     name: str  # how the card names the data: a Hub id or a folder's name, never a local path
     eval_split: str  # the split name, or "holdout" when carved out of train
+    root: Optional[Path] = None  # the local folder the images came from; bad-file paths are relative to it
+    # Filled by cache.prepare_images: {"split", "path", "reason"} of every unreadable file it skipped.
+    bad_files: list[dict] = field(default_factory=list)
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -99,7 +102,7 @@ def load_image_folder(root: Path, config: FinetuneConfig) -> ImageData:
     train, evaluation, split_name = loaded["train"], loaded.get("eval"), eval_dir.name if eval_dir else "holdout"
     if evaluation is None:
         train, evaluation = _holdout(train, config)
-    return ImageData(train, evaluation, label_names, name=root.name, eval_split=split_name)
+    return ImageData(train, evaluation, label_names, name=root.name, eval_split=split_name, root=root)
 
 
 def load_hub_dataset(config: FinetuneConfig) -> ImageData:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .checkpoints import restore_rng_state
+from .errors import UserError
+from .guard import NON_FINITE, PREEMPTED, StopGuard
 
 
 @dataclass
@@ -16,34 +21,55 @@ class EpochStats:
     accuracy: float
     count: int
     seconds: float
+    stopped_at_step: Optional[int] = None  # set when a SIGTERM stopped the epoch early
+    sums: list = field(default_factory=list)  # this process's [loss sum, correct, count], for a resume
 
 
-def _summed(accelerator, loss_sum, correct, count, started: float) -> EpochStats:
-    totals = accelerator.reduce(torch.stack([loss_sum, correct, count]).double(), reduction="sum")
-    loss_sum, correct, count = totals.tolist()
-    return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), time.perf_counter() - started)
+@dataclass
+class ResumePoint:
+    """Where an interrupted epoch stopped: the batches done, their metric sums, this process's RNG state."""
+
+    step: int
+    sums: list
+    rng_state: dict
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, accelerator, epoch: int, frozen_norms=()) -> EpochStats:
+def train_one_epoch(model, loader, optimizer, scheduler, accelerator, epoch: int, guard: StopGuard,
+                    frozen_norms=(), resume: Optional[ResumePoint] = None) -> EpochStats:
     model.train()
     for norm in frozen_norms:  # frozen blocks keep their pretrained BatchNorm statistics
         norm.eval()
-    started = time.perf_counter()
-    loss_sum, correct, count = (torch.zeros((), device=accelerator.device) for _ in range(3))
-    for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False):
+    started, step = time.perf_counter(), resume.step if resume else 0
+    sums = torch.tensor(resume.sums if resume else [0.0, 0.0, 0.0], dtype=torch.float64, device=accelerator.device)
+    batches = iter(accelerator.skip_first_batches(loader, step) if step else loader)
+    if resume:  # after the iterator exists: making it draws from the RNG, as it did before the interruption
+        restore_rng_state(resume.rng_state)
+    bar = tqdm(total=len(loader), initial=step, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
+               leave=False)
+    for batch in batches:
         images, labels = batch["pixel_values"], batch["label"]
         with accelerator.accumulate(model):
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
+            stop = guard.check(accelerator, loss)
+            if stop == NON_FINITE:
+                raise UserError(f"non-finite loss at epoch {epoch}, batch {step + 1}: nothing saved or pushed, the "
+                                "last checkpoint is intact; lower --lr or use --mixed-precision no/bf16")
             accelerator.backward(loss)
             optimizer.step()
             if accelerator.sync_gradients:  # the schedule counts optimizer updates, not micro-batches
                 scheduler.step()
             optimizer.zero_grad()
-        loss_sum += loss.detach().float() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-        count += len(labels)
-    return _summed(accelerator, loss_sum, correct, count, started)
+        step += 1
+        bar.update()
+        sums += torch.stack([loss.detach().double() * len(labels), (logits.argmax(1) == labels).sum().double(),
+                             torch.tensor(len(labels), dtype=torch.float64, device=sums.device)])
+        if stop == PREEMPTED and accelerator.sync_gradients and step < len(loader):
+            bar.close()
+            return EpochStats(0.0, 0.0, 0, time.perf_counter() - started, stopped_at_step=step, sums=sums.tolist())
+    bar.close()
+    loss_sum, correct, count = accelerator.reduce(sums, reduction="sum").tolist()
+    return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), time.perf_counter() - started)
 
 
 @torch.no_grad()

@@ -1,5 +1,11 @@
-"""The one exception type the CLI turns into a one-line message instead of a traceback."""
+"""Exceptions the CLI turns into a one-line message and a meaningful exit code instead of a traceback."""
 
 
 class UserError(Exception):
     """Bad input from the user: the message says what is wrong and what to do about it."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped on purpose and can be resumed by running the same command again."""
+
+    exit_code = 75  # EX_TEMPFAIL: a temporary failure, retrying is expected to succeed

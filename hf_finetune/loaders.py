@@ -1,54 +1,120 @@
-"""Transforms from the backbone's own data config, and the DataLoaders that apply them.
+"""Augmentation on uint8 tensors from the backbone's own data config, and the DataLoaders that apply it.
 
-The model's pretrained_cfg (input size, mean/std, interpolation, crop_pct) drives every transform
-through timm, so a backbone with other normalization (e.g. mean = std = 0.5) is fed correctly.
+The model's pretrained_cfg (input size, mean/std, interpolation, crop_pct, crop_mode), resolved by timm,
+drives every transform, so a backbone with other normalization (e.g. mean = std = 0.5) is fed correctly.
+Train: RandomResizedCrop (timm's and torchvision's default scale (0.08, 1) and ratio (3/4, 4/3)) + flip,
+the chapter's augmentation (timm's colour jitter off). Eval: timm's resize by crop_pct + center crop.
+Both run with torchvision.transforms.v2 on uint8 images, from the decode-once cache (cache.prepare_images)
+or, with --no-cache, decoded every epoch; conversion to float and normalization happen once per batch.
 """
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from .cache import available_cpus, one_thread
 from .data import ImageData
+from .images import ImageSettings, load_rgb
+from .sampling import EpochShuffleSampler, SeededAugmentation
 
 
-def create_transforms(model: nn.Module) -> tuple[Callable, Callable]:
-    """Train: RandomResizedCrop + horizontal flip + normalize (the chapter's augmentation; timm's default
-    colour jitter is off). Eval: resize by crop_pct + center crop + normalize."""
-    from timm.data import create_transform, resolve_model_data_config
+def create_transforms(settings: ImageSettings) -> tuple[Callable, Callable]:
+    """(train, eval) transforms: CHW uint8 image in, CHW uint8 crop of settings.input_size out."""
+    from timm.data.transforms import str_to_interp_mode
+    from torchvision.transforms import v2
 
-    data_config = resolve_model_data_config(model)
-    train = create_transform(**data_config, is_training=True, color_jitter=None)
-    evaluation = create_transform(**data_config, is_training=False)
-    return train, evaluation
+    interpolation = str_to_interp_mode(settings.interpolation)
+    train = v2.Compose([v2.RandomResizedCrop(settings.input_size, interpolation=interpolation, antialias=True),
+                        v2.RandomHorizontalFlip()])
+    return train, partial(_resize_and_center_crop, settings=settings, interpolation=interpolation)
+
+
+def _resize_and_center_crop(image: torch.Tensor, settings: ImageSettings, interpolation) -> torch.Tensor:
+    """timm's eval transform (transforms_imagenet_eval) for crop modes 'center' and 'squash'."""
+    from torchvision.transforms.v2 import functional as F
+
+    height, width = image.shape[-2:]
+    scale_height, scale_width = settings.scale_size
+    if settings.crop_mode == "squash":
+        size = [scale_height, scale_width]
+    elif scale_height == scale_width:
+        size = [scale_height]  # shorter side, as torchvision's Resize(int) that timm uses
+    else:  # timm's ResizeKeepRatio: the smallest keep-ratio size covering scale_size
+        ratio = min(height / scale_height, width / scale_width)
+        size = [round(height / ratio), round(width / ratio)]
+    image = F.resize(image, size, interpolation=interpolation, antialias=True)
+    return F.center_crop(image, list(settings.input_size))
+
+
+class Normalize:
+    """Collate uint8 crops into one float batch normalized with the model's mean/std (timm's ToTensor +
+    Normalize), written straight into the batch's memory format, one image at a time so each float crop
+    stays in CPU cache. It runs where the loader runs (a worker, or the training process with none): the
+    batch leaves the loader ready for any model on any device, at ~0.3 ms per image."""
+
+    def __init__(self, settings: ImageSettings, channels_last: bool):
+        self.mean = torch.tensor(settings.mean).view(3, 1, 1) * 255
+        self.inverse_std = 1 / (torch.tensor(settings.std).view(3, 1, 1) * 255)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, examples: list[dict]) -> dict:
+        shape = (len(examples), *examples[0]["pixel_values"].shape)
+        images = torch.empty(shape, dtype=torch.float32, memory_format=self.memory_format)
+        with one_thread():
+            for image, example in zip(images, examples):
+                image.copy_(example["pixel_values"].float().sub_(self.mean).mul_(self.inverse_std))
+        return {"pixel_values": images, "label": torch.tensor([example["label"] for example in examples])}
 
 
 def default_num_workers(num_processes: int) -> int:
-    return max(0, min(8, (os.cpu_count() or 1) // num_processes))
+    """With a GPU the CPU only feeds it: every core a process has, up to 8, loads. On the CPU the training
+    step already keeps every core busy and a worker steals cycles from its threads (measured on 2 cores:
+    0 workers trains fastest, see BENCHMARKS.md), while loading from the cache costs ~1 ms per image, a
+    few percent of a step: no workers below 8 cores per process, then one per 8 (an estimate, unmeasured)."""
+    cores = available_cpus() // num_processes
+    return min(8, cores if torch.cuda.is_available() else cores // 8)
 
 
-def _apply(transform: Callable, batch: dict) -> dict:
-    # convert("RGB"): grayscale, CMYK and palette images must all become 3-channel tensors.
-    return {"pixel_values": [transform(image.convert("RGB")) for image in batch["image"]], "label": batch["label"]}
+class ImageSamples(Dataset):
+    """{"pixel_values": CHW uint8 crop, "label"} for each row of a split as cache.prepare_images left it: the
+    decoded image read from the memory-mapped cache, or with --no-cache the same decode and resize the cache
+    stores, every epoch. Rows are read as Arrow, without datasets' per-row formatting (~10x cheaper)."""
 
+    def __init__(self, dataset, transform: Callable, settings: ImageSettings):
+        self.rows, self.transform, self.settings = dataset.with_format("arrow"), transform, settings
 
-def _collate(examples: list[dict], channels_last: bool) -> dict:
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = torch.stack([example["pixel_values"] for example in examples]).contiguous(memory_format=memory_format)
-    return {"pixel_values": images, "label": torch.tensor([example["label"] for example in examples])}
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index].to_pylist()[0]
+        if "pixels" in row:
+            # HWC bytes viewed as CHW: channels-last strides are what torch's uint8 resize kernels are fastest on.
+            pixels = np.frombuffer(row["pixels"], np.uint8).reshape(row["height"], row["width"], 3).copy()
+        else:
+            pixels = load_rgb(row["image"], self.settings.short_side, self.settings.interpolation)
+        with one_thread():
+            return {"pixel_values": self.transform(torch.from_numpy(pixels).permute(2, 0, 1)), "label": row["label"]}
 
 
 def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size: int, num_workers: Optional[int],
-                       num_processes: int = 1, channels_last: bool = False) -> tuple[DataLoader, DataLoader]:
-    train_transform, eval_transform = create_transforms(model)
+                       num_processes: int = 1, channels_last: bool = False,
+                       seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Loaders of {"pixel_values": normalized float batch, "label"} from `data` as cache.prepare_images left
+    it (decoded uint8 images, or with --no-cache the image files)."""
+    settings = ImageSettings.from_model(model)
+    train_transform, eval_transform = create_transforms(settings)
     workers = default_num_workers(num_processes) if num_workers is None else num_workers
     common = dict(batch_size=per_device_batch_size, num_workers=workers, persistent_workers=workers > 0,
-                  pin_memory=torch.cuda.is_available(), collate_fn=partial(_collate, channels_last=channels_last))
-    train = DataLoader(data.train.with_transform(partial(_apply, train_transform)), shuffle=True, **common)
-    evaluation = DataLoader(data.eval.with_transform(partial(_apply, eval_transform)), shuffle=False, **common)
-    return train, evaluation
+                  pin_memory=torch.cuda.is_available(), collate_fn=Normalize(settings, channels_last))
+    train = ImageSamples(data.train, train_transform, settings)
+    evaluation = ImageSamples(data.eval, eval_transform, settings)
+    # Order and augmentation depend on (seed, epoch, index) only: see sampling.py.
+    train_loader = DataLoader(SeededAugmentation(train, seed), sampler=EpochShuffleSampler(len(train), seed), **common)
+    return train_loader, DataLoader(evaluation, shuffle=False, **common)

@@ -153,6 +153,13 @@ def set_label_names(model: nn.Module, label_names: list[str], license: Optional[
     model.pretrained_cfg = cfg
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model without Accelerate's DDP and torch.compile wrappers, so parameter names are its own."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_torch_compile=False)
+
+
 def save_classifier(model: nn.Module, output_dir: Path) -> None:
     """Write model.safetensors + config.json that timm (`local-dir:`/`hf-hub:`) and transformers both load."""
     from safetensors.torch import save_file

@@ -31,7 +31,7 @@ def test_one_epoch_saves_a_model_that_reloads_with_identical_logits(tiny_folder,
     from safetensors.torch import load_file
 
     reference = timm.create_model("test_resnet", num_classes=2)
-    reference.load_state_dict(load_file(out / "checkpoints" / "epoch-1" / "model.safetensors"))
+    reference.load_state_dict(load_file(out / "checkpoints" / "epoch-0001-step-000000" / "model.safetensors"))
     images = torch.randn(3, 3, 160, 160, generator=torch.Generator().manual_seed(0))
     assert torch.equal(reloaded(images), reference.eval()(images))
     metrics = _metrics(out)
@@ -48,7 +48,8 @@ def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path
                         "--resume", "latest")
     assert "resumed from" in result.stdout and "epoch 1:" not in result.stdout and "epoch 2:" in result.stdout
     assert [row["epoch"] for row in _metrics(out)["history"]] == [1, 2]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-1", "epoch-2"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001-step-000000",
+                                                                       "epoch-0002-step-000000"]
 
 
 @pytest.mark.parametrize("args, message", [

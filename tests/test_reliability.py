@@ -1,0 +1,227 @@
+"""Killed, preempted, diverging and re-run jobs, on real processes: resume must be exact and safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, make_image_folder, run_script
+from safetensors.torch import load_file
+
+from hf_finetune.checkpoints import list_checkpoints
+
+SCRIPT = str(REPO_ROOT / "scripts" / "finetune.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return make_image_folder(tmp_path / "photos", per_class=(24, 4))  # 48 train images: 12 batches of 4
+
+
+def _args(photos, out, *extra, workers=0):
+    return ["--data-dir", str(photos), "--model", "test_resnet", "--no-pretrained", "--batch-size", "4",
+            "--num-workers", str(workers), "--img-size", "64", "--output-dir", str(out), *map(str, extra)]
+
+
+def _start(argv, launcher=(sys.executable,)):
+    return subprocess.Popen([*launcher, SCRIPT, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _signal_when_progress(process, batches: int, sig=signal.SIGTERM, target_pid=None) -> str:
+    """Send `sig` once the progress bar shows `batches` done in epoch 1; return everything stderr said."""
+    seen = ""
+    while process.poll() is None:
+        seen += process.stderr.read(1)
+        progress = re.findall(r"epoch 1:\s+\d+%\|[^|]*\|\s*(\d+)/", seen)
+        if progress and int(progress[-1]) >= batches:
+            os.kill(target_pid or process.pid, sig)
+            break
+    out, err = process.communicate(timeout=300)
+    return seen + err
+
+
+def _same_state(first: Path, second: Path) -> None:
+    for name in ("model.safetensors",):
+        a, b = load_file(first / name), load_file(second / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name} differs"
+    a, b = (torch.load(folder / "optimizer.pt", weights_only=True) for folder in (first, second))
+    assert all(torch.equal(x, y) for state in zip(a["state"].values(), b["state"].values())
+               for x, y in zip(state[0].values(), state[1].values()) if isinstance(x, torch.Tensor))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_mid_epoch_then_resume_is_bitwise_identical(photos, tmp_path, workers):
+    run_script("finetune.py", *_args(photos, tmp_path / "straight", "--epochs", "2", workers=workers))
+    interrupted = _start(_args(photos, tmp_path / "resumed", "--epochs", "2", workers=workers))
+    stderr = _signal_when_progress(interrupted, batches=3)
+    assert interrupted.returncode == 75, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr
+    [checkpoint] = list_checkpoints(tmp_path / "resumed")
+    assert re.match(r"epoch-0000-step-0000(0[3-9]|1[01])$", checkpoint.name), checkpoint.name
+    result = run_script("finetune.py", *_args(photos, tmp_path / "resumed", "--epochs", "2", workers=workers))
+    assert "resumed from" in result.stdout
+    _same_state(list_checkpoints(tmp_path / "straight")[-1], list_checkpoints(tmp_path / "resumed")[-1])
+    straight, resumed = (json.loads((tmp_path / run / "metrics.json").read_text())["history"]
+                         for run in ("straight", "resumed"))
+    assert [row["train_loss"] for row in straight] == pytest.approx([row["train_loss"] for row in resumed])
+
+
+def test_sigterm_to_one_rank_stops_both_and_resume_matches(photos, tmp_path):
+    argv = _args(photos, tmp_path / "two", "--epochs", "1", "--batch-size", "8")
+    launcher = subprocess.Popen([*TORCHRUN, SCRIPT, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = ""
+    while launcher.poll() is None and not re.search(r"epoch 1:\s+\d+%\|[^|]*\|\s*[1-9]\d*/", seen):
+        seen += launcher.stderr.read(1)
+    os.kill(_worker_pids(launcher.pid)[-1], signal.SIGTERM)  # one rank only, as a preemption notice may
+    started = time.time()
+    launcher.communicate(timeout=120)
+    assert launcher.returncode != 0 and time.time() - started < 60
+    [checkpoint] = list_checkpoints(tmp_path / "two")
+    assert {p.name for p in checkpoint.glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}, "both ranks stopped together"
+    resumed = subprocess.run([*TORCHRUN, SCRIPT, *argv], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = subprocess.run([*TORCHRUN, SCRIPT, *_args(photos, tmp_path / "straight", "--epochs", "1",
+                                                        "--batch-size", "8")], capture_output=True, timeout=600)
+    assert straight.returncode == 0
+    _same_state(list_checkpoints(tmp_path / "straight")[-1], list_checkpoints(tmp_path / "two")[-1])
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The launcher's child processes (the ranks), from /proc: whichever of its threads started them."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
+
+
+def test_sigkill_at_random_moments_and_mid_save_always_resumes(photos, tmp_path):
+    out = tmp_path / "out"
+    argv = _args(photos, out, "--epochs", "6", "--keep-checkpoints", "1")
+    chooser = random.Random(0)
+    kills = 0
+    for attempt in range(6):
+        process = _start(argv)
+        if attempt % 2 == 0:  # in the middle of a save: as soon as a staging folder appears
+            while process.poll() is None and not list((out / "checkpoints").glob(".staging-*")):
+                time.sleep(0.001)
+        else:
+            time.sleep(chooser.uniform(2, 8))
+        if process.poll() is None:
+            process.kill()
+            kills += 1
+        process.communicate()
+        for checkpoint in list_checkpoints(out):
+            assert (checkpoint / "progress.json").is_file() and (checkpoint / "model.safetensors").is_file()
+    assert kills >= 3
+    run_script("finetune.py", *argv)
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 6
+
+
+def test_broken_newest_checkpoint_is_skipped_loudly(photos, tmp_path):
+    out = tmp_path / "out"
+    run_script("finetune.py", *_args(photos, out, "--epochs", "2"))
+    newest = list_checkpoints(out)[-1]
+    (newest / "model.safetensors").write_bytes(b"torn write")
+    (out / "metrics.json").unlink()
+    result = run_script("finetune.py", *_args(photos, out, "--epochs", "2"))
+    assert "SKIPPING BROKEN CHECKPOINT" in result.stderr and newest.name in result.stderr
+    assert "1 epoch(s) and 0 batch(es) done" in result.stdout
+
+
+@pytest.mark.parametrize("change", ["classes", "processes"])
+def test_resume_with_other_classes_or_process_count_is_refused(photos, tmp_path, change):
+    out = tmp_path / "out"
+    run_script("finetune.py", *_args(photos, out, "--epochs", "1", "--batch-size", "8"))
+    if change == "classes":
+        other = make_image_folder(tmp_path / "other", classes=("cat", "dog", "emu"), per_class=(4, 2))
+        result = run_script("finetune.py", *_args(other, out, "--epochs", "2", "--batch-size", "8"), check=False)
+    else:
+        result = subprocess.run([*TORCHRUN, SCRIPT, *_args(photos, out, "--epochs", "2", "--batch-size", "8")],
+                                capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "cannot resume" in result.stderr and ("label_names" in result.stderr or "num_processes" in result.stderr)
+
+
+def test_non_finite_loss_stops_every_rank_keeps_the_checkpoint_and_pushes_nothing(photos, tmp_path, hub, hub_env):
+    tiny = make_image_folder(tmp_path / "tiny")
+    out = tmp_path / "out"
+    # A warm-up towards an absurd LR: finite for a few epochs, then the loss blows up.
+    argv = ["--data-dir", tiny, "--model", "test_vit", "--no-pretrained", "--batch-size", "4", "--num-workers", "0",
+            "--lr", "1e5", "--warmup-steps", "100", "--epochs", "6", "--output-dir", out,
+            "--push-to-hub", "tester/diverged"]
+    result = run_script("finetune.py", *argv, env=hub_env, check=False)
+    assert result.returncode == 2 and "non-finite loss" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
+    assert list_checkpoints(out) and all((c / "progress.json").is_file() for c in list_checkpoints(out))
+    assert not any("tester/diverged" in path for _, path, _ in hub.requests), "nothing may be pushed"
+    both = subprocess.run([*TORCHRUN, SCRIPT, *map(str, argv[:-2]), "--batch-size", "8", "--output-dir",
+                           str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    assert both.returncode != 0 and both.stderr.count("non-finite loss") >= 2, both.stderr[-2000:]
+
+
+def test_rerunning_a_finished_command_trains_and_pushes_nothing(photos, tmp_path, hub, hub_env):
+    out = tmp_path / "out"
+    argv = [*_args(photos, out, "--epochs", "1"), "--push-to-hub", "tester/idempotent"]
+    run_script("finetune.py", *argv, env=hub_env)
+    commits, model_mtime = len(hub.commits("tester/idempotent")), (out / "model.safetensors").stat().st_mtime_ns
+    again = run_script("finetune.py", *argv, env=hub_env)
+    assert "nothing to train" in again.stdout and "nothing to push" in again.stdout
+    assert "epoch 1:" not in again.stdout
+    assert len(hub.commits("tester/idempotent")) == commits
+    assert (out / "model.safetensors").stat().st_mtime_ns == model_mtime
+
+
+def test_a_malicious_pickle_in_a_checkpoint_cannot_run_code(photos, tmp_path):
+    out = tmp_path / "out"
+    run_script("finetune.py", *_args(photos, out, "--epochs", "1"))
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    checkpoint = list_checkpoints(out)[-1]
+    torch.save({"state": Exploit()}, checkpoint / "optimizer.pt")
+    (out / "metrics.json").unlink()
+    result = run_script("finetune.py", *_args(photos, out, "--epochs", "2"), check=False)
+    assert not marker.exists(), "unpickling ran code"
+    assert result.returncode == 2 and "optimizer.pt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_processes_match_one_with_double_batch_or_accumulation(tmp_path):
+    folder = make_image_folder(tmp_path / "data", per_class=(8, 5))  # 16 train images: 2 updates of 8
+    common = ["--data-dir", folder, "--model", "test_vit", "--no-pretrained", "--num-workers", "0", "--epochs", "2",
+              "--img-size", "32", "--batch-size", "8", "--lr-scheduler", "cosine", "--warmup-steps", "1"]
+    run_script("finetune.py", *common, "--output-dir", tmp_path / "one")
+    run_script("finetune.py", *common, "--gradient-accumulation-steps", "2", "--output-dir", tmp_path / "accumulated")
+    two = subprocess.run([*TORCHRUN, SCRIPT, *map(str, common), "--output-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    reference = load_file(tmp_path / "one" / "model.safetensors")
+    for run in ("accumulated", "two"):
+        weights = load_file(tmp_path / run / "model.safetensors")
+        for key, value in reference.items():
+            assert torch.allclose(weights[key], value, rtol=1e-4, atol=1e-6), (run, key)
+    trajectories = {run: [row["lr"] for row in json.loads((tmp_path / run / "metrics.json").read_text())["history"]]
+                    for run in ("one", "accumulated", "two")}
+    assert trajectories["one"] == trajectories["accumulated"] == trajectories["two"]
+    counts = {run: json.loads((tmp_path / run / "metrics.json").read_text())["final"]["eval_count"]
+              for run in ("one", "accumulated", "two")}
+    assert set(counts.values()) == {10}
