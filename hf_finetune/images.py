@@ -51,9 +51,9 @@ class ImageSettings:
         if crop_mode not in CROP_MODES:
             raise UserError(f"the model's data config has crop_mode {crop_mode!r}; supported: {', '.join(CROP_MODES)}")
         input_size = tuple(config["input_size"][1:])
-        return cls(input_size=input_size, scale_size=tuple(math.floor(side / config["crop_pct"]) for side in input_size),
-                   crop_mode=crop_mode, interpolation=config["interpolation"], mean=tuple(config["mean"]),
-                   std=tuple(config["std"]))
+        scale_size = tuple(math.floor(side / config["crop_pct"]) for side in input_size)
+        return cls(input_size=input_size, scale_size=scale_size, crop_mode=crop_mode,
+                   interpolation=config["interpolation"], mean=tuple(config["mean"]), std=tuple(config["std"]))
 
     @property
     def short_side(self) -> int:

@@ -262,12 +262,15 @@ def median_after_first(values: list[float]) -> float:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor())
     import torch
 
+    amx = ", AMX-BF16" if "amx_bf16" in cpuinfo else ""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     return (f"{len(os.sched_getaffinity(0))} cores, {model}, torch {torch.__version__}, "
-            f"{torch.backends.cpu.get_cpu_capability()}")
+            f"{torch.backends.cpu.get_cpu_capability()}{amx}, {memory:.0f} GiB RAM")
 
 
 def load() -> str:
