@@ -113,7 +113,7 @@ def _worker_pids(parent: int) -> list[int]:
 
 def test_sigkill_at_random_moments_and_mid_save_always_resumes(photos, tmp_path):
     out = tmp_path / "out"
-    argv = _args(photos, out, "--epochs", "6", "--keep-checkpoints", "1")
+    argv = _args(photos, out, "--epochs", "30", "--keep-checkpoints", "1")  # long enough to be killed 6 times
     chooser = random.Random(0)
     kills = 0
     for attempt in range(6):
@@ -122,16 +122,16 @@ def test_sigkill_at_random_moments_and_mid_save_always_resumes(photos, tmp_path)
             while process.poll() is None and not list((out / "checkpoints").glob(".staging-*")):
                 time.sleep(0.001)
         else:
-            time.sleep(chooser.uniform(2, 8))
+            time.sleep(chooser.uniform(3, 7))  # start-up takes a few seconds: this lands in training
         if process.poll() is None:
             process.kill()
             kills += 1
         process.communicate()
         for checkpoint in list_checkpoints(out):
             assert (checkpoint / "progress.json").is_file() and (checkpoint / "model.safetensors").is_file()
-    assert kills >= 3
+    assert kills >= 5
     run_script("finetune.py", *argv)
-    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 6
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 30
 
 
 def test_broken_newest_checkpoint_is_skipped_loudly(photos, tmp_path):
