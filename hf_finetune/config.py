@@ -65,7 +65,8 @@ class FinetuneConfig:
         default=0.01,
     )
     num_workers: Optional[int] = _doc(
-        "DataLoader worker processes per training process; default: CPU cores / processes, at most 8.",
+        "DataLoader worker processes per training process; default: with a GPU, CPU cores / processes (at "
+        "most 8); CPU-only, 0 below 8 cores per process (workers would steal the training step's cores).",
         default=None,
     )
 

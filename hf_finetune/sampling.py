@@ -44,5 +44,7 @@ class SeededAugmentation(Dataset):
     def __getitem__(self, tagged_index: int):
         epoch, index = divmod(tagged_index, len(self.dataset))
         with torch.random.fork_rng(devices=[]):  # the caller's RNG stream (e.g. dropout) is left as it was
-            torch.manual_seed(hash((self.seed, epoch, index)) & 0xFFFF_FFFF_FFFF)
+            # The CPU generator only: torch.manual_seed would also reseed CUDA, which fork_rng([]) does not
+            # restore, and costs a stack-trace format per call for lazy CUDA seeding.
+            torch.default_generator.manual_seed(hash((self.seed, epoch, index)) & 0xFFFF_FFFF_FFFF)
             return self.dataset[index]
