@@ -140,6 +140,7 @@ def test_finetune_push_and_predict_end_to_end(hub, hub_env, tiny_folder, tmp_pat
     for file in output.rglob("*"):  # model, card, metrics, run config, checkpoints, tracker logs
         assert not file.is_file() or token.encode() not in file.read_bytes(), file
     assert f"Bearer {token}" in hub.auth_headers
+    assert list(output.rglob("events.out.tfevents*")), "--report-to tensorboard wrote no event file"
     assert hub.files("tester/e2e-tiny")["README.md"] == (output / "README.md").read_bytes()
     card = hub.files("tester/e2e-tiny")["README.md"].decode()
     final = json.loads((output / "metrics.json").read_text())["final"]
