@@ -175,7 +175,8 @@ class FinetuneConfig:
         default="auto",
     )
     keep_checkpoints: int = _doc("How many per-epoch checkpoints to keep (the newest); 0 keeps all.", default=2)
-    compile: bool = _doc("torch.compile the model (slow first steps; faster long runs on GPU).", default=False)
+    compile: bool = _doc("torch.compile the model with inductor (about a minute of compiling in the first steps; "
+                         "no gain measured on CPU, see BENCHMARKS.md).", default=False)
     push_to_hub: Optional[str] = _doc(
         "After training, publish config.json, model.safetensors, README.md (the generated model card) and "
         "training_curves.png to this Hub repo ('user/name') in one commit, then pull it back and check the "

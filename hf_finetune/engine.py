@@ -21,6 +21,7 @@ class EpochStats:
     accuracy: float
     count: int
     seconds: float
+    examples_per_sec: float = 0.0  # of the batches this run trained: an epoch resumed mid-way counts its own part
     stopped_at_step: Optional[int] = None  # set when a SIGTERM stopped the epoch early
     sums: list = field(default_factory=list)  # this process's [loss sum, correct, count], for a resume
 
@@ -34,20 +35,22 @@ class ResumePoint:
     rng_state: dict
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, accelerator, epoch: int, guard: StopGuard,
+def train_one_epoch(model, loader, normalize, optimizer, scheduler, accelerator, epoch: int, guard: StopGuard,
                     frozen_norms=(), resume: Optional[ResumePoint] = None) -> EpochStats:
+    """`normalize` (loaders.Normalize) turns the loader's uint8 batch, already on its device, into model input."""
     model.train()
     for norm in frozen_norms:  # frozen blocks keep their pretrained BatchNorm statistics
         norm.eval()
     started, step = time.perf_counter(), resume.step if resume else 0
     sums = torch.tensor(resume.sums if resume else [0.0, 0.0, 0.0], dtype=torch.float64, device=accelerator.device)
+    trained_here = torch.zeros(1, dtype=torch.float64, device=accelerator.device)
     batches = iter(accelerator.skip_first_batches(loader, step) if step else loader)
     if resume:  # after the iterator exists: making it draws from the RNG, as it did before the interruption
         restore_rng_state(resume.rng_state)
     bar = tqdm(total=len(loader), initial=step, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
                leave=False)
     for batch in batches:
-        images, labels = batch["pixel_values"], batch["label"]
+        images, labels = normalize(batch["pixel_values"]), batch["label"]
         with accelerator.accumulate(model):
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
@@ -61,6 +64,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, epoch: int
                 scheduler.step()
             optimizer.zero_grad()
         step += 1
+        trained_here += len(labels)
         bar.update()
         sums += torch.stack([loss.detach().double() * len(labels), (logits.argmax(1) == labels).sum().double(),
                              torch.tensor(len(labels), dtype=torch.float64, device=sums.device)])
@@ -68,18 +72,19 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, epoch: int
             bar.close()
             return EpochStats(0.0, 0.0, 0, time.perf_counter() - started, stopped_at_step=step, sums=sums.tolist())
     bar.close()
-    loss_sum, correct, count = accelerator.reduce(sums, reduction="sum").tolist()
-    return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    loss_sum, correct, count, trained = accelerator.reduce(torch.cat([sums, trained_here]), reduction="sum").tolist()
+    return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), seconds, trained / seconds)
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator) -> EpochStats:
+def evaluate(model, loader, normalize, accelerator) -> EpochStats:
     """Exact counts across processes: gather_for_metrics drops the samples padded onto the last batch."""
     model.eval()
     started = time.perf_counter()
     loss_sum, correct, count = (torch.zeros((), device=accelerator.device) for _ in range(3))
     for batch in loader:
-        logits = model(batch["pixel_values"])
+        logits = model(normalize(batch["pixel_values"]))
         losses = F.cross_entropy(logits, batch["label"], reduction="none")
         losses, predictions, labels = accelerator.gather_for_metrics((losses, logits.argmax(dim=1), batch["label"]))
         loss_sum += losses.float().sum()

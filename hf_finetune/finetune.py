@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,11 +25,11 @@ from .config import FinetuneConfig
 from .data import load_image_data
 from .engine import ResumePoint, evaluate, train_one_epoch
 from .errors import TrainingStopped, UserError
-from .guard import PREEMPTED, StopGuard
+from .guard import PREEMPTED, StopGuard, main_process_first
 from .hub import check_push_possible, push_to_hub
 from .layers import (backbone_parameters, count_parameters, frozen_batchnorms, parameters_to_freeze,
                      set_requires_grad)
-from .loaders import create_dataloaders
+from .loaders import create_dataloaders, create_normalize
 from .model import create_classifier, save_classifier, unwrap
 from .optim import create_optimizer, create_param_groups, create_scheduler, describe_param_groups
 from .reuse import reuse_classifier_rows
@@ -87,8 +88,8 @@ def finetune(config: FinetuneConfig) -> dict:
     batch_per_device = per_device_batch_size(config, accelerator.num_processes)
     set_seed(config.seed)
 
-    with accelerator.main_process_first():  # one process downloads and builds the datasets cache
-        data = load_image_data(config)
+    # One process downloads and builds the datasets cache; the others then load it.
+    data = main_process_first(accelerator, partial(load_image_data, config))
     model, source = create_classifier(config.model, data.label_names, config.pretrained, config.pretrained_path,
                                       config.img_size)
     reused_rows = (reuse_classifier_rows(model, source, data.label_names, config.label_map)
@@ -96,10 +97,12 @@ def finetune(config: FinetuneConfig) -> dict:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data_fingerprints = data.train._fingerprint, data.eval._fingerprint  # of the files, cached or not
-    with accelerator.main_process_first():  # one process decodes every image once; the others load its result
-        data = prepare_images(data, model, config.cache, config.max_bad_fraction, report=accelerator.is_main_process)
+    # One process decodes every image once; the others load its result.
+    data = main_process_first(accelerator, partial(prepare_images, data, model, config.cache, config.max_bad_fraction,
+                                                   report=accelerator.is_main_process))
     train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
-                                                   accelerator.num_processes, config.channels_last, config.seed)
+                                                   accelerator.num_processes, config.seed)
+    normalize = create_normalize(model)
     frozen = parameters_to_freeze(model, config.freeze, config.freeze_fraction)
     set_requires_grad(model, frozen, False)  # before the optimizer: frozen parameters are not in it
     optimizer = create_optimizer(create_param_groups(model, config), config)
@@ -154,16 +157,16 @@ def finetune(config: FinetuneConfig) -> dict:
                 accelerator.print(f"epoch {epoch}: " + ("head only, backbone frozen" if warming_up
                                                         else "backbone unfrozen"))
             norms = frozen_batchnorms(unwrap(model), all_of_them=config.freeze_bn)
-            train = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, epoch, guard, norms,
-                                    resume_point)
+            train = train_one_epoch(model, train_loader, normalize, optimizer, scheduler, accelerator, epoch, guard,
+                                    norms, resume_point)
             resume_point = None
             if train.stopped_at_step is not None:
                 progress.step, progress.partial = train.stopped_at_step, {"sums": train.sums}
                 _stop(accelerator, output_dir, model, optimizer, scheduler, progress, identity, config)
-            evaluation = evaluate(model, eval_loader, accelerator)
+            evaluation = evaluate(model, eval_loader, normalize, accelerator)
             row = {"epoch": epoch, "train_loss": train.loss, "train_acc": train.accuracy,
                    "eval_loss": evaluation.loss, "eval_acc": evaluation.accuracy, "train_count": train.count,
-                   "eval_count": evaluation.count, "examples_per_sec": train.count / train.seconds,
+                   "eval_count": evaluation.count, "examples_per_sec": train.examples_per_sec,
                    "epoch_seconds": train.seconds + evaluation.seconds,
                    "lr": {group["name"]: group["lr"] for group in optimizer.param_groups}}
             progress.epoch, progress.step, progress.partial = epoch, 0, {}

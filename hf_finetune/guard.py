@@ -1,4 +1,4 @@
-"""Stop conditions every process must agree on: a SIGTERM (preemption) and a non-finite loss.
+"""What every process must agree on: a SIGTERM (preemption), a non-finite loss, bad input found by one.
 
 A signal may reach one rank only, and a NaN may appear on one rank only; each step the flags are
 summed over all processes, so every rank sees the same answer at the same step and none hangs
@@ -8,9 +8,13 @@ in a collective the others have left.
 from __future__ import annotations
 
 import signal
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
+
+from .errors import UserError
+
+Result = TypeVar("Result")
 
 NON_FINITE = "non-finite loss"
 PREEMPTED = "SIGTERM"
@@ -36,3 +40,27 @@ class StopGuard:
 
     def close(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
+
+
+def main_process_first(accelerator, work: Callable[[], Result]) -> Result:
+    """`work()` on the main process, then on the others, which load what it cached: Accelerate's
+    main_process_first, except that a UserError on the main process (a missing split, too many bad images)
+    is sent to every process and raised there too, so each exits with the same one-line error instead of
+    the others dying at the barrier with a gloo traceback."""
+    from accelerate.utils import broadcast_object_list
+
+    if accelerator.num_processes == 1:
+        return work()
+    failure = [None]
+    if accelerator.is_main_process:
+        try:
+            result = work()
+        except UserError as error:
+            failure = [str(error)]
+    broadcast_object_list(failure)
+    if failure[0] is not None:
+        raise UserError(failure[0])
+    if not accelerator.is_main_process:
+        result = work()
+    accelerator.wait_for_everyone()  # as Accelerate's: nobody goes on while another process still builds
+    return result

@@ -5,7 +5,8 @@ drives every transform, so a backbone with other normalization (e.g. mean = std 
 Train: RandomResizedCrop (timm's and torchvision's default scale (0.08, 1) and ratio (3/4, 4/3)) + flip,
 the chapter's augmentation (timm's colour jitter off). Eval: timm's resize by crop_pct + center crop.
 Both run with torchvision.transforms.v2 on uint8 images, from the decode-once cache (cache.prepare_images)
-or, with --no-cache, decoded every epoch; conversion to float and normalization happen once per batch.
+or, with --no-cache, decoded every epoch. Batches leave the loader as uint8; conversion to float and
+normalization happen once per batch on its device, in the training step (Normalize).
 """
 
 from __future__ import annotations
@@ -53,23 +54,25 @@ def _resize_and_center_crop(image: torch.Tensor, settings: ImageSettings, interp
 
 
 class Normalize:
-    """Collate uint8 crops into one float batch normalized with the model's mean/std (timm's ToTensor +
-    Normalize), written straight into the batch's memory format, one image at a time so each float crop
-    stays in CPU cache. It runs where the loader runs (a worker, or the training process with none): the
-    batch leaves the loader ready for any model on any device, at ~0.3 ms per image."""
+    """timm's ToTensor + Normalize with the model's mean/std, as one multiply-add on a whole uint8 batch
+    where it already is. The training step calls it after the batch reached its device: on a GPU it costs
+    the loader nothing and the host sends a quarter of the bytes; on the CPU it takes ~0.25 ms per 224-px
+    image on 2 cores, ~1% of a resnet18 training step. The batch stays NCHW: a channels_last model's
+    first convolution takes it as it is (measured: the same step time as a channels_last input on CPU)."""
 
-    def __init__(self, settings: ImageSettings, channels_last: bool):
-        self.mean = torch.tensor(settings.mean).view(3, 1, 1) * 255
-        self.inverse_std = 1 / (torch.tensor(settings.std).view(3, 1, 1) * 255)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    def __init__(self, settings: ImageSettings):
+        self.scale = 1 / (torch.tensor(settings.std).view(1, 3, 1, 1) * 255)
+        self.shift = -torch.tensor(settings.mean).view(1, 3, 1, 1) / torch.tensor(settings.std).view(1, 3, 1, 1)
 
-    def __call__(self, examples: list[dict]) -> dict:
-        shape = (len(examples), *examples[0]["pixel_values"].shape)
-        images = torch.empty(shape, dtype=torch.float32, memory_format=self.memory_format)
-        with one_thread():
-            for image, example in zip(images, examples):
-                image.copy_(example["pixel_values"].float().sub_(self.mean).mul_(self.inverse_std))
-        return {"pixel_values": images, "label": torch.tensor([example["label"] for example in examples])}
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.scale.device != images.device:
+            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
+        return images.float().mul_(self.scale).add_(self.shift)
+
+
+def create_normalize(model: nn.Module) -> Normalize:
+    """What turns the loaders' uint8 batches into `model`'s input (see Normalize)."""
+    return Normalize(ImageSettings.from_model(model))
 
 
 def default_num_workers(num_processes: int) -> int:
@@ -104,15 +107,15 @@ class ImageSamples(Dataset):
 
 
 def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size: int, num_workers: Optional[int],
-                       num_processes: int = 1, channels_last: bool = False,
-                       seed: int = 0) -> tuple[DataLoader, DataLoader]:
-    """Loaders of {"pixel_values": normalized float batch, "label"} from `data` as cache.prepare_images left
-    it (decoded uint8 images, or with --no-cache the image files)."""
+                       num_processes: int = 1, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Loaders of {"pixel_values": uint8 batch (create_normalize makes it the model's input), "label"} from
+    `data` as cache.prepare_images left it (decoded uint8 images, or with --no-cache the image files)."""
     settings = ImageSettings.from_model(model)
     train_transform, eval_transform = create_transforms(settings)
     workers = default_num_workers(num_processes) if num_workers is None else num_workers
+    # torch's default collate: it stacks the uint8 crops straight into shared memory in a worker process.
     common = dict(batch_size=per_device_batch_size, num_workers=workers, persistent_workers=workers > 0,
-                  pin_memory=torch.cuda.is_available(), collate_fn=Normalize(settings, channels_last))
+                  pin_memory=torch.cuda.is_available())
     train = ImageSamples(data.train, train_transform, settings)
     evaluation = ImageSamples(data.eval, eval_transform, settings)
     # Order and augmentation depend on (seed, epoch, index) only: see sampling.py.

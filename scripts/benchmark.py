@@ -6,9 +6,10 @@
 Every configuration runs in its own subprocess, so its peak RSS is its own. Reported:
 (a) images/sec the loader delivers at epoch >= 2: the chapter's (torchvision ImageFolder, RandomResizedCrop
     + flip + ToTensor + Normalize(ImageNet), batch 128) with no workers and with ours, vs ours (decode-once
-    cache + uint8 v2 augmentation); the one-time cache build;
+    cache + uint8 v2 augmentation, uint8 batches), also counting the float conversion + normalization our
+    training step does on the batch's device; the one-time cache build;
 (b) training epoch wall time (train + eval pass): chapter-style (fp32, NCHW, decode every epoch) vs
-    hf_finetune's own `finetune` (cache, channels_last, bf16 autocast);
+    hf_finetune's own `finetune` (cache, channels_last, bf16 autocast), also with --compile;
 (c) peak RSS of each configuration's process tree, and its anonymous (non file-backed) part;
 (d) ours with 0/1/2 workers, and both pipelines at 1x/4x/16x the images (symlinked copies).
 Results print as ratios and are appended to BENCHMARKS.md with the command, machine, date and load.
@@ -117,28 +118,42 @@ def _finetune_config(spec: dict, **overrides):
 
 
 def _train_loader(spec: dict):
+    """(loader, what the training step does to its batch before the model): the chapter's batches are model
+    input already; ours are uint8 and get loaders.Normalize in the step, which is timed separately."""
     if spec["pipeline"] == "chapter":
-        return chapter_loaders(Path(spec["root"]), spec["workers"], spec["batch_size"], spec["img_size"])[0]
+        return chapter_loaders(Path(spec["root"]), spec["workers"], spec["batch_size"], spec["img_size"])[0], None
     from hf_finetune.cache import prepare_images
     from hf_finetune.data import load_image_data
-    from hf_finetune.loaders import create_dataloaders
+    from hf_finetune.loaders import create_dataloaders, create_normalize
 
     model = _settings_model(spec)
     data = prepare_images(load_image_data(_finetune_config(spec)), model, report=False)
-    return create_dataloaders(data, model, spec["batch_size"], spec["workers"], channels_last=True)[0]
+    loader = create_dataloaders(data, model, spec["batch_size"], spec["workers"])[0]
+    return loader, create_normalize(model)
 
 
-def _epoch(loader) -> tuple[int, float]:
-    started, count = time.perf_counter(), 0
+def _epoch(loader, normalize=None) -> tuple[int, float, float]:
+    """Images, seconds waiting for the loader, seconds normalizing in the step."""
+    count, loading, normalizing = 0, 0.0, 0.0
+    started = time.perf_counter()
     for batch in loader:
-        count += len(batch[1] if isinstance(batch, list) else batch["label"])
-    return count, time.perf_counter() - started
+        delivered = time.perf_counter()
+        loading += delivered - started
+        images, labels = (batch[0], batch[1]) if isinstance(batch, list) else (batch["pixel_values"], batch["label"])
+        if normalize is not None:
+            normalize(images)
+        count += len(labels)
+        started = time.perf_counter()
+        normalizing += started - delivered
+    return count, loading, normalizing
 
 
 def measure_loader(spec: dict) -> dict:
-    loader = _train_loader(spec)
-    epochs = [_epoch(loader) for _ in range(spec["epochs"])]
-    return {"rates": [count / seconds for count, seconds in epochs], "images": epochs[-1][0]}
+    loader, normalize = _train_loader(spec)
+    epochs = [_epoch(loader, normalize) for _ in range(spec["epochs"])]
+    return {"rates": [count / loading for count, loading, _ in epochs],
+            "rates_normalized": [count / (loading + normalizing) for count, loading, normalizing in epochs],
+            "images": epochs[-1][0]}
 
 
 def measure_profile(spec: dict) -> dict:
@@ -147,10 +162,11 @@ def measure_profile(spec: dict) -> dict:
     import io
     import pstats
 
-    loader = _train_loader(spec)
-    _epoch(loader)
+    loader, normalize = _train_loader(spec)
+    _epoch(loader, normalize)
     profiler = cProfile.Profile()
-    count, seconds = profiler.runcall(_epoch, loader)
+    count, loading, normalizing = profiler.runcall(_epoch, loader, normalize)
+    seconds = loading + normalizing
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(14)
     body = text.getvalue()
@@ -303,8 +319,9 @@ def benchmark(args) -> list[str]:
 
     # (a), (c), (d): the loaders on 1x / 4x / 16x the images, and the one-time cache build
     say("| loader | images | workers | images/s (epochs >= 2) | vs chapter, 0 workers | vs chapter, same workers | "
+        "with the step's Normalize (ours: uint8 batch → float on its device), images/s | vs chapter, 0 workers | "
         + MEMORY_COLUMNS)
-    say("|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|---|---|")
     builds = {}
     for copies in args.scales:
         root = replicated(photos, work / f"x{copies}", copies)
@@ -319,12 +336,12 @@ def benchmark(args) -> list[str]:
         chapter = {}
         for pipeline, workers in configs + [("ours", w) for w in counts]:
             result = run_config({**spec, "pipeline": pipeline, "workers": workers})
-            rate = median_after_first(result["rates"])
+            rate, normalized = median_after_first(result["rates"]), median_after_first(result["rates_normalized"])
             if pipeline == "chapter":
                 chapter[workers] = rate
             same = f"{rate / chapter[workers]:.2f}x" if workers in chapter else "-"
             say(f"| {pipeline} | {result['images']} ({copies}x) | {workers} | {rate:.0f} | {rate / chapter[0]:.2f}x | "
-                f"{same} | " + _memory(result))
+                f"{same} | {normalized:.0f} | {normalized / chapter[0]:.2f}x | " + _memory(result))
         builds[copies]["chapter_epoch"] = result["images"] / chapter[0]
     say()
     if args.profile:
@@ -354,6 +371,8 @@ def benchmark(args) -> list[str]:
         runs += [("hf_finetune: cache, channels_last, bf16", {"measure": "our_training",
                                                               "overrides": {**fast, "num_workers": workers}}, workers)
                  for workers in [ours] + [w for w in args.workers if w != ours]]
+        runs.append(("hf_finetune: the same + --compile (inductor; compiles in epoch 1)",
+                     {"measure": "our_training", "overrides": {**fast, "num_workers": ours, "compile": True}}, ours))
         baseline = None
         for name, measure, workers in runs:
             result = run_config({**spec, **measure})

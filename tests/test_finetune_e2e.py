@@ -41,6 +41,24 @@ def test_one_epoch_saves_a_model_that_reloads_with_identical_logits(tiny_folder,
     assert run_config["param_groups"][1]["lr"] == pytest.approx(10 * run_config["param_groups"][0]["lr"])
 
 
+@pytest.mark.slow
+def test_compile_trains_the_same_model_as_eager_and_saves_its_own_parameter_names(tiny_folder, tmp_path):
+    """--compile goes through Accelerate's dynamo_backend (inductor; ~1 min to compile on 2 cores)."""
+    from safetensors.torch import load_file
+
+    weights, metrics = {}, {}
+    for flags in ([], ["--compile"]):
+        out = tmp_path / ("compiled" if flags else "eager")
+        run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "1", "--batch-size", "8", *flags,
+                   "--output-dir", out)
+        weights[bool(flags)], metrics[bool(flags)] = load_file(out / "model.safetensors"), _metrics(out)["final"]
+    assert weights[True].keys() == weights[False].keys()  # no "_orig_mod." prefixes from the compiled wrapper
+    for name, tensor in weights[False].items():  # inductor fuses kernels: float rounding differs, nothing else
+        assert torch.allclose(weights[True][name].float(), tensor.float(), rtol=1e-3, atol=1e-4), name
+    assert metrics[True]["train_loss"] == pytest.approx(metrics[False]["train_loss"], rel=1e-3)
+    assert metrics[True]["eval_acc"] == metrics[False]["eval_acc"]
+
+
 def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path):
     out = tmp_path / "out"
     run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "1", "--output-dir", out)
@@ -102,6 +120,20 @@ def test_two_processes_count_every_eval_image_once(tmp_path):
     run_config = json.loads((tmp_path / "two" / "run_config.json").read_text())
     assert run_config["per_device_batch_size"] == 4
 
+
+
+def test_bad_data_found_by_the_main_process_stops_every_process_with_the_same_line(tmp_path):
+    folder = make_image_folder(tmp_path / "data", per_class=(8, 4))
+    (folder / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(REPO_ROOT / "scripts" / "finetune.py"), "--data-dir", str(folder), *TINY,
+                             "--batch-size", "8", "--output-dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    # Each rank says why (only rank 0 scanned the images), none dies at a barrier with a gloo error.
+    assert result.stderr.count("error: 1 of 17 train images are unreadable") == 2, result.stderr[-3000:]
+    assert "gloo" not in result.stderr.lower() and "DistBackendError" not in result.stderr
+    assert "exitcode  : 2" in result.stderr  # torchrun's own summary of the failed ranks
 
 LITE0 = ["--model", f"local-dir:{LITE0_WEIGHTS}", "--data-dir", HOTDOG_MINI, "--img-size", "160",
          "--epochs", "4", "--batch-size", "32", "--lr", "2e-3", "--momentum", "0.9", "--mixed-precision", "bf16"]
