@@ -43,7 +43,7 @@ def train_one_epoch(model, loader, normalize, optimizer, scheduler, accelerator,
         norm.eval()
     started, step = time.perf_counter(), resume.step if resume else 0
     sums = torch.tensor(resume.sums if resume else [0.0, 0.0, 0.0], dtype=torch.float64, device=accelerator.device)
-    trained_here = torch.zeros(1, dtype=torch.float64, device=accelerator.device)
+    trained_here = 0  # images this call trains; an epoch resumed mid-way already has some in `sums`
     batches = iter(accelerator.skip_first_batches(loader, step) if step else loader)
     if resume:  # after the iterator exists: making it draws from the RNG, as it did before the interruption
         restore_rng_state(resume.rng_state)
@@ -73,7 +73,8 @@ def train_one_epoch(model, loader, normalize, optimizer, scheduler, accelerator,
             return EpochStats(0.0, 0.0, 0, time.perf_counter() - started, stopped_at_step=step, sums=sums.tolist())
     bar.close()
     seconds = time.perf_counter() - started
-    loss_sum, correct, count, trained = accelerator.reduce(torch.cat([sums, trained_here]), reduction="sum").tolist()
+    totals = torch.cat([sums, sums.new_tensor([trained_here])])
+    loss_sum, correct, count, trained = accelerator.reduce(totals, reduction="sum").tolist()
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), seconds, trained / seconds)
 
 
