@@ -176,7 +176,7 @@ class FinetuneConfig:
     )
     keep_checkpoints: int = _doc("How many per-epoch checkpoints to keep (the newest); 0 keeps all.", default=2)
     compile: bool = _doc("torch.compile the model with inductor (about a minute of compiling in the first steps; "
-                         "no gain measured on CPU, see BENCHMARKS.md).", default=False)
+                         "within noise of eager on a 2-core CPU, see BENCHMARKS.md).", default=False)
     push_to_hub: Optional[str] = _doc(
         "After training, publish config.json, model.safetensors, README.md (the generated model card) and "
         "training_curves.png to this Hub repo ('user/name') in one commit, then pull it back and check the "
