@@ -269,8 +269,19 @@ def replicated(source: Path, target: Path, copies: int, limit: int = 0) -> Path:
         for copy in range(copies):
             for file in files:
                 (target / "train" / class_dir.name / f"{copy}_{file.name}").symlink_to(file.resolve())
-    (target / "val").symlink_to((source / "val").resolve(), target_is_directory=True)
+    (target / "val").symlink_to(eval_folder(source).resolve(), target_is_directory=True)
     return target
+
+
+def eval_folder(photos: Path) -> Path:
+    """The held-out split of a DIR/train + DIR/<val|validation|valid|test> photo folder."""
+    from hf_finetune.config import EVAL_SPLIT_NAMES
+
+    found = next((photos / name for name in EVAL_SPLIT_NAMES if (photos / name).is_dir()), None)
+    if not (photos / "train").is_dir() or found is None:
+        raise SystemExit(f"--data-dir {photos}: expected train/<class>/ and one of "
+                         f"{'/'.join(EVAL_SPLIT_NAMES)}/<class>/ folders of photos")
+    return found
 
 
 def median_after_first(values: list[float]) -> float:
@@ -306,6 +317,7 @@ def benchmark(args) -> list[str]:
     ours = default_num_workers(1)
     work = Path(tempfile.mkdtemp(prefix="hf_finetune_benchmark_"))
     photos = Path(args.data_dir) if args.data_dir else upscaled_photos(HOTDOG_MINI, work / "photos")
+    eval_folder(photos)  # a wrong --data-dir fails now, with what it should hold
     base = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, seed=0)
     lines = [f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
              f"- command: `{' '.join(shlex.quote(arg) for arg in sys.argv)}`",
@@ -408,7 +420,8 @@ def benchmark(args) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="a real photo folder DIR/train/<class>, DIR/val/<class>; default: "
+    parser.add_argument("--data-dir", help="a real photo folder DIR/train/<class>, DIR/val/<class> (or validation, "
+                                           "valid, test); default: "
                                            "../shared/data/hotdog-mini upscaled to 300-600 px")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--img-size", type=int, default=224)

@@ -1,0 +1,40 @@
+"""scripts/benchmark.py runs on any photo folder and records what it measured (not how fast: that is BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import make_image_folder, run_script
+
+QUICK = ["--model", "test_resnet", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--loader-epochs", "2",
+         "--epochs", "0", "--accuracy-seeds", "0"]
+
+
+def _rows(text: str, first_cell: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith(f"| {first_cell}")]
+
+
+def test_benchmark_compares_both_loaders_at_each_scale_and_appends_its_command(tmp_path):
+    photos = make_image_folder(tmp_path / "photos", per_class=(6, 2), size=(120, 90), splits=("train", "test"))
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text("# earlier runs\n")
+    run_script("benchmark.py", "--data-dir", photos, *QUICK, "--scales", "1", "2", "--output", output)
+    text = output.read_text()
+    assert text.startswith("# earlier runs\n")  # appended, not overwritten
+    assert f"--data-dir {photos}" in text and "- machine: " in text and "load average" in text
+    loaders = _rows(text, "chapter") + _rows(text, "ours")
+    assert sorted((row[0], row[1]) for row in loaders) == [("chapter", "12 (1x)"), ("chapter", "24 (2x)"),
+                                                           ("ours", "12 (1x)"), ("ours", "24 (2x)")]
+    for row in loaders:
+        assert float(row[3]) > 0 and re.fullmatch(r"\d+\.\d\dx", row[4])
+        assert all(int(cell) > 0 for cell in row[-3:])  # peak RSS, PSS, anonymous (MiB)
+    builds = _rows(text, "1x") + _rows(text, "2x")
+    assert [row[1] for row in builds] == ["16", "28"]  # train + the 4 test images, decoded once
+
+
+def test_benchmark_refuses_a_folder_without_train_and_eval_splits(tmp_path):
+    flat = make_image_folder(tmp_path / "flat", per_class=(4,), splits=(None,))
+    result = run_script("benchmark.py", "--data-dir", flat, *QUICK, "--output", "", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "expected train/<class>/ and one of val/validation/valid/test/<class>/" in result.stderr
