@@ -1,0 +1,41 @@
+"""The training epoch's bookkeeping, run for real on a tiny model and loader under Accelerate."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch.utils.data import DataLoader
+
+from hf_finetune.checkpoints import _rng_state
+from hf_finetune.engine import ResumePoint, train_one_epoch
+from hf_finetune.guard import StopGuard
+from hf_finetune.loaders import create_normalize
+
+
+def _epoch(resume=None):
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=2)
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    samples = [{"pixel_values": image, "label": index % 2} for index, image in enumerate(images)]
+    accelerator = Accelerator(cpu=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(samples, batch_size=4))
+    guard = StopGuard()
+    try:
+        return train_one_epoch(model, loader, create_normalize(model), optimizer, scheduler, accelerator, 1, guard,
+                               resume=resume)
+    finally:
+        guard.close()
+
+
+def test_an_epoch_resumed_mid_way_counts_every_image_but_rates_only_those_it_trained():
+    full = _epoch()
+    assert full.count == 24 and full.examples_per_sec * full.seconds == pytest.approx(24)
+    resumed = _epoch(ResumePoint(step=4, sums=[3.0, 10.0, 16.0], rng_state=_rng_state()))
+    # Metrics cover the whole epoch: the 16 images of the 4 batches before the interruption, and the 8 after.
+    assert resumed.count == 24 and 10 / 24 <= resumed.accuracy <= 18 / 24
+    assert resumed.examples_per_sec * resumed.seconds == pytest.approx(8)
