@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -181,12 +182,22 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, progre
     from safetensors.torch import load_file
 
     unwrap(model).load_state_dict(load_file(path / "model.safetensors"))
+    wanted = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
     optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
+    restored = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    if not all(math.isclose(asked, kept) for asked, kept in zip(wanted, restored)):
+        # As the HF Trainer does, a resumed run keeps its optimizer and schedule: say so rather than ignore it.
+        logger.warning("resuming from %s with its own learning rates %s, not the %s this command asks for; "
+                       "--resume none starts over with them", path.name, _rates(restored), _rates(wanted))
     scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
     if accelerator.scaler is not None and (path / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(_load_tensors(path / "scaler.pt"))
     progress.load_state_dict(json.loads((path / "progress.json").read_text()))
     return _load_tensors(path / f"rng-{accelerator.process_index}.pt")
+
+
+def _rates(rates: list[float]) -> str:
+    return "/".join(f"{rate:g}" for rate in rates)
 
 
 def _load_tensors(path: Path):

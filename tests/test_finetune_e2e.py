@@ -65,9 +65,16 @@ def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path
     result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "2", "--output-dir", out,
                         "--resume", "latest")
     assert "resumed from" in result.stdout and "epoch 1:" not in result.stdout and "epoch 2:" in result.stdout
+    assert "its own learning rates" not in result.stderr
     assert [row["epoch"] for row in _metrics(out)["history"]] == [1, 2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001-step-000000",
                                                                        "epoch-0002-step-000000"]
+    # A changed --lr cannot apply to a resumed optimizer and schedule: the run says which rates it keeps.
+    result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "3", "--lr", "0.1",
+                        "--output-dir", out)
+    assert ("resuming from epoch-0002-step-000000 with its own learning rates 0.0064/0.064, not the 0.1/1 this "
+            "command asks for; --resume none starts over with them") in result.stderr
+    assert _metrics(out)["history"][-1]["lr"] == {"backbone": 0.0064, "head": 0.064}
 
 
 @pytest.mark.parametrize("args, message", [
