@@ -199,17 +199,21 @@ def measure_chapter_training(spec: dict) -> dict:
     for _ in range(spec["epochs"]):
         started = time.perf_counter()
         net.train()
+        images = 0
         for features, labels in train_iter:
             trainer.zero_grad()
             loss(net(features), labels).sum().backward()
             trainer.step()
+            images += len(labels)
+        train_seconds = time.perf_counter() - started
         net.eval()
         correct = total = 0
         with torch.no_grad():
             for features, labels in test_iter:
                 correct += (net(features).argmax(1) == labels).sum().item()
                 total += len(labels)
-        epochs.append({"seconds": time.perf_counter() - started, "eval_acc": correct / total})
+        epochs.append({"seconds": time.perf_counter() - started, "train_images_per_sec": images / train_seconds,
+                       "eval_acc": correct / total})
     return {"epochs": epochs}
 
 
@@ -221,7 +225,8 @@ def measure_our_training(spec: dict) -> dict:
         config = _finetune_config(spec, reuse_classifier=False, epochs=spec["epochs"], batch_size=spec["batch_size"],
                                   seed=spec["seed"], output_dir=output_dir, keep_checkpoints=1, **spec["overrides"])
         history = finetune(config)["history"]
-    return {"epochs": [{"seconds": row["epoch_seconds"], "eval_acc": row["eval_acc"]} for row in history]}
+    return {"epochs": [{"seconds": row["epoch_seconds"], "train_images_per_sec": row["examples_per_sec"],
+                        "eval_acc": row["eval_acc"]} for row in history]}
 
 
 MEASURES = {"loader": measure_loader, "profile": measure_profile, "cache_build": measure_cache_build,
@@ -378,22 +383,26 @@ def benchmark(args) -> list[str]:
         spec = {**base, "root": str(replicated(photos, work / "train_subset", 1, limit=args.train_images // 2)),
                 "cache_dir": str(work / "cache_train"), "epochs": args.epochs, "lr": args.lr}
         say(f"| training: {args.model}, {args.epochs} epochs of {args.train_images} images | workers | epoch seconds "
-            "(train + eval; median of epochs >= 2) | vs chapter | eval accuracy per epoch | " + MEMORY_COLUMNS)
-        say("|---|---|---|---|---|---|---|---|")
+            "(train + eval; median of epochs >= 2) | vs chapter | training images/s (data loading included; median "
+            "of epochs >= 2) | vs chapter | eval accuracy per epoch | " + MEMORY_COLUMNS)
+        say("|---|---|---|---|---|---|---|---|---|---|")
         runs = [("chapter-style: fp32, NCHW, decode every epoch", {"measure": "chapter_training"}, 0)]
         fast = {"pretrained": False, "param_group": False, "lr": args.lr, "mixed_precision": "bf16"}
         runs += [("hf_finetune: cache, channels_last, bf16", {"measure": "our_training",
                                                               "overrides": {**fast, "num_workers": workers}}, workers)
                  for workers in [ours] + [w for w in args.workers if w != ours]]
-        runs.append(("hf_finetune: the same + --compile (inductor; compiles in epoch 1)",
-                     {"measure": "our_training", "overrides": {**fast, "num_workers": ours, "compile": True}}, ours))
+        if args.compile:
+            runs.append(("hf_finetune: the same + --compile (inductor; compiles in epoch 1)",
+                         {"measure": "our_training", "overrides": {**fast, "num_workers": ours, "compile": True}}, ours))
         baseline = None
         for name, measure, workers in runs:
             result = run_config({**spec, **measure})
             seconds = median_after_first([epoch["seconds"] for epoch in result["epochs"]])
-            baseline = baseline or seconds
+            rate = median_after_first([epoch["train_images_per_sec"] for epoch in result["epochs"]])
+            baseline = baseline or (seconds, rate)
             accuracies = ", ".join(f"{epoch['eval_acc']:.2f}" for epoch in result["epochs"])
-            say(f"| {name} | {workers} | {seconds:.1f} | {seconds / baseline:.2f}x | {accuracies} | " + _memory(result))
+            say(f"| {name} | {workers} | {seconds:.1f} | {seconds / baseline[0]:.2f}x | {rate:.1f} | "
+                f"{rate / baseline[1]:.2f}x | {accuracies} | " + _memory(result))
         say()
     # (e) accuracy: the fast settings against the plain ones, fine-tuning real pretrained weights
     if args.accuracy_seeds:
@@ -433,6 +442,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (0: skip training)")
     parser.add_argument("--train-images", type=int, default=200, help="train images for the training runs")
     parser.add_argument("--lr", type=float, default=6.4e-3)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train ours with --compile (about a minute of compiling)")
     parser.add_argument("--accuracy-seeds", type=int, default=3, help="seeds per setting for (e) (0: skip)")
     parser.add_argument("--accuracy-epochs", type=int, default=5)
     parser.add_argument("--accuracy-img-size", type=int, default=160)

@@ -33,6 +33,19 @@ def test_benchmark_compares_both_loaders_at_each_scale_and_appends_its_command(t
     assert [row[1] for row in builds] == ["16", "28"]  # train + the 4 test images, decoded once
 
 
+def test_benchmark_trains_the_chapters_loop_and_ours_side_by_side(tmp_path):
+    photos = make_image_folder(tmp_path / "photos", per_class=(4, 2), size=(120, 90))
+    output = tmp_path / "BENCHMARKS.md"
+    run_script("benchmark.py", "--data-dir", photos, *QUICK[:-4], "--scales", "1", "--epochs", "2",
+               "--train-images", "8", "--no-compile", "--accuracy-seeds", "0", "--output", output)
+    rows = _rows(output.read_text(), "chapter-style") + _rows(output.read_text(), "hf_finetune")
+    assert [row[0] for row in rows] == ["chapter-style: fp32, NCHW, decode every epoch",
+                                        "hf_finetune: cache, channels_last, bf16"]
+    assert rows[0][3] == rows[0][5] == "1.00x"  # the chapter is the baseline of both ratios
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[4]) > 0 and len(row[6].split(", ")) == 2  # accuracy per epoch
+
+
 def test_benchmark_refuses_a_folder_without_train_and_eval_splits(tmp_path):
     flat = make_image_folder(tmp_path / "flat", per_class=(4,), splits=(None,))
     result = run_script("benchmark.py", "--data-dir", flat, *QUICK, "--output", "", check=False)
