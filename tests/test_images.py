@@ -151,6 +151,24 @@ def test_bad_files_are_reported_skipped_and_returned(messy_folder, caplog, cache
     assert prepared.train.column_names[:1] == (["pixels"] if cache else ["image"])
 
 
+def test_a_pool_of_map_processes_builds_the_same_cache_as_one(messy_folder, monkeypatch, tmp_path):
+    """Large datasets are decoded by several processes (cache.MIN_IMAGES_PER_PROCESS): lowered here so that
+    71 train images take that path, each process on its own threads."""
+    from hf_finetune import cache
+
+    results = {}
+    for per_process in (10_000, 20):
+        monkeypatch.setattr(cache, "MIN_IMAGES_PER_PROCESS", per_process)
+        config = FinetuneConfig(data_dir=str(messy_folder), cache_dir=str(tmp_path / f"cache-{per_process}"))
+        results[per_process] = prepare_images(load_image_data(config), _model(), max_bad_fraction=0.1)
+    one, pool = results[10_000], results[20]
+    processes = min(cache.available_cpus(), 71 // 20)
+    assert len({file["filename"] for file in pool.train.cache_files}) == processes  # one Arrow shard each
+    assert len({file["filename"] for file in one.train.cache_files}) == 1
+    assert sorted(map(str, pool.bad_files)) == sorted(map(str, one.bad_files)) and len(one.bad_files) == 5
+    assert pool.train[:] == one.train[:] and pool.eval[:] == one.eval[:]
+
+
 def test_too_many_bad_files_fail_naming_the_count_and_the_flag(messy_folder):
     data = load_image_data(FinetuneConfig(data_dir=str(messy_folder)))
     with pytest.raises(UserError, match=r"5 of 71 train images are unreadable.*--max-bad-fraction 0.05"):
