@@ -43,7 +43,8 @@ def test_benchmark_trains_the_chapters_loop_and_ours_side_by_side(tmp_path):
                                         "hf_finetune: cache, channels_last, bf16"]
     assert rows[0][3] == rows[0][5] == "1.00x"  # the chapter is the baseline of both ratios
     for row in rows:
-        assert float(row[2]) > 0 and float(row[4]) > 0 and len(row[6].split(", ")) == 2  # accuracy per epoch
+        # Seconds print to 0.1 s: a tiny epoch can read 0.0. Images/s cannot.
+        assert float(row[2]) >= 0 and float(row[4]) > 0 and len(row[6].split(", ")) == 2  # accuracy per epoch
 
 
 def test_benchmark_refuses_a_folder_without_train_and_eval_splits(tmp_path):
