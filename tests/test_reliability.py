@@ -111,6 +111,11 @@ def _worker_pids(parent: int) -> list[int]:
     return sorted(pids)
 
 
+def _epochs_done(out: Path) -> int:
+    checkpoints = list_checkpoints(out)
+    return int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
+
+
 def test_sigkill_at_random_moments_and_mid_save_always_resumes(photos, tmp_path):
     out = tmp_path / "out"
     argv = _args(photos, out, "--epochs", "30", "--keep-checkpoints", "1")  # long enough to be killed 6 times
@@ -121,8 +126,11 @@ def test_sigkill_at_random_moments_and_mid_save_always_resumes(photos, tmp_path)
         if attempt % 2 == 0:  # in the middle of a save: as soon as a staging folder appears
             while process.poll() is None and not list((out / "checkpoints").glob(".staging-*")):
                 time.sleep(0.001)
-        else:
-            time.sleep(chooser.uniform(3, 7))  # start-up takes a few seconds: this lands in training
+        else:  # at a random moment of training, paced by its progress, not by how fast this machine is
+            target = _epochs_done(out) + chooser.randint(1, 3)
+            while process.poll() is None and _epochs_done(out) < target:
+                time.sleep(0.01)
+            time.sleep(chooser.uniform(0, 0.3))
         if process.poll() is None:
             process.kill()
             kills += 1
