@@ -316,11 +316,10 @@ def _memory(result: dict) -> str:
     return " | ".join(f"{result[key] / 2**20:.0f}" for key in ("peak_rss", "peak_pss", "peak_anon")) + " |"
 
 
-def benchmark(args) -> list[str]:
+def benchmark(args, work: Path) -> list[str]:
     from hf_finetune.loaders import default_num_workers
 
     ours = default_num_workers(1)
-    work = Path(tempfile.mkdtemp(prefix="hf_finetune_benchmark_"))
     photos = Path(args.data_dir) if args.data_dir else upscaled_photos(HOTDOG_MINI, work / "photos")
     eval_folder(photos)  # a wrong --data-dir fails now, with what it should hold
     base = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, seed=0)
@@ -453,7 +452,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         return run_measure(json.loads(args.measure))
-    lines = benchmark(args)
+    # Upscaled and replicated photos plus their caches take ~1-2 GB: gone when the run ends, however it ends.
+    with tempfile.TemporaryDirectory(prefix="hf_finetune_benchmark_") as work:
+        lines = benchmark(args, Path(work))
     if args.output:
         with open(args.output, "a") as file:
             file.write("\n".join(lines) + "\n")
