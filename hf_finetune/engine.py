@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import restore_rng_state
 from .errors import UserError
-from .guard import NON_FINITE, PREEMPTED, StopGuard
+from .guard import NON_FINITE, PREEMPTED, StopGuard, leave_together
 
 
 @dataclass
@@ -56,6 +56,7 @@ def train_one_epoch(model, loader, normalize, optimizer, scheduler, accelerator,
             loss = F.cross_entropy(logits, labels)
             stop = guard.check(accelerator, loss)
             if stop == NON_FINITE:
+                leave_together(accelerator)
                 raise UserError(f"non-finite loss at epoch {epoch}, batch {step + 1}: nothing saved or pushed, the "
                                 "last checkpoint is intact; lower --lr or use --mixed-precision no/bf16")
             accelerator.backward(loss)

@@ -25,7 +25,7 @@ from .config import FinetuneConfig
 from .data import load_image_data
 from .engine import ResumePoint, evaluate, train_one_epoch
 from .errors import TrainingStopped, UserError
-from .guard import PREEMPTED, StopGuard, main_process_first
+from .guard import PREEMPTED, StopGuard, leave_together, main_process_first
 from .hub import check_push_possible, push_to_hub
 from .layers import (backbone_parameters, count_parameters, frozen_batchnorms, parameters_to_freeze,
                      set_requires_grad)
@@ -181,7 +181,10 @@ def finetune(config: FinetuneConfig) -> dict:
     finally:
         guard.close()
     metrics = _finish(accelerator, config, output_dir, model, progress, finished, len(data.bad_files))
+    leave_together(accelerator)
     accelerator.end_training()
+    if accelerator.is_main_process and config.push_to_hub:  # needs no other process: they need not wait
+        _push_once(accelerator, output_dir, config)
     return metrics
 
 
@@ -196,7 +199,7 @@ def _stop(accelerator, output_dir, model, optimizer, scheduler, progress, identi
 
 def _finish(accelerator, config: FinetuneConfig, output_dir: Path, model, progress, finished: bool,
             bad_files: int) -> dict:
-    """Save the model, metrics, curves and card (unless an earlier run of this command did), then push."""
+    """Save the model, metrics, curves and card, unless an earlier run of this command did."""
     from accelerate.utils import gather_object
 
     if finished:
@@ -219,8 +222,6 @@ def _finish(accelerator, config: FinetuneConfig, output_dir: Path, model, progre
             write_model_card(output_dir)
         for line in summary_lines(metrics["final"], metrics["devices"]):
             accelerator.print(line)
-        if config.push_to_hub:
-            _push_once(accelerator, output_dir, config)
     return metrics
 
 

@@ -42,6 +42,16 @@ class StopGuard:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def leave_together(accelerator) -> None:
+    """A barrier as the last collective before every process exits, at the end of a run or on an error they
+    all agree on. A process that leaves right after a collective with tensors can die on its way out: a gloo
+    worker thread that frees those tensors late needs the GIL during interpreter shutdown, which aborts the
+    process (seen under load, rank 1 exiting with SIGABRT), and the launcher then kills the others, the main
+    one mid-save. A barrier holds no tensors; it also keeps every process until the main one is done."""
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+
+
 def main_process_first(accelerator, work: Callable[[], Result]) -> Result:
     """`work()` on the main process, then on the others, which load what it cached: Accelerate's
     main_process_first, except that a UserError on the main process (a missing split, too many bad images)
@@ -59,6 +69,7 @@ def main_process_first(accelerator, work: Callable[[], Result]) -> Result:
             failure = [str(error)]
     broadcast_object_list(failure)
     if failure[0] is not None:
+        leave_together(accelerator)
         raise UserError(failure[0])
     if not accelerator.is_main_process:
         result = work()

@@ -78,9 +78,14 @@ def hub_env(hub) -> dict:
     return {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test_token"}
 
 
-def run_script(script: str, *args, env=None, timeout=900, check=True) -> subprocess.CompletedProcess:
-    """Run scripts/<script> as a user would, capturing output."""
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / script), *map(str, args)],
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+
+
+def run_script(script: str, *args, env=None, timeout=900, check=True, processes=1) -> subprocess.CompletedProcess:
+    """Run scripts/<script> as a user would, capturing output; processes > 1 launches it with torchrun (gloo).
+    A failure shows the whole output: a rank's own error comes before the launcher's long summary."""
+    launcher = [*TORCHRUN, str(processes)] if processes > 1 else [sys.executable]
+    result = subprocess.run([*launcher, str(REPO_ROOT / "scripts" / script), *map(str, args)],
                             capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")

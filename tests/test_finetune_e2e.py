@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import timm
 import torch
-from conftest import HOTDOG_MINI, LITE0_WEIGHTS, REPO_ROOT, make_image_folder, run_script
+from conftest import HOTDOG_MINI, LITE0_WEIGHTS, make_image_folder, run_script
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--batch-size", "4", "--num-workers", "0"]
 
@@ -117,10 +115,7 @@ def test_two_processes_count_every_eval_image_once(tmp_path):
     folder = make_image_folder(tmp_path / "data", per_class=(8, 5))  # 10 eval images: uneven over 2 x 4
     common = ["--data-dir", folder, *TINY, "--batch-size", "8", "--epochs", "1"]
     run_script("finetune.py", *common, "--output-dir", tmp_path / "one")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(REPO_ROOT / "scripts" / "finetune.py"), *map(str, common),
-                             "--output-dir", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_script("finetune.py", *common, "--output-dir", tmp_path / "two", processes=2)
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert two["num_processes"] == 2 and two["devices"] == ["cpu", "cpu"]
     assert one["final"]["eval_count"] == two["final"]["eval_count"] == 10
@@ -132,13 +127,11 @@ def test_two_processes_count_every_eval_image_once(tmp_path):
 def test_bad_data_found_by_the_main_process_stops_every_process_with_the_same_line(tmp_path):
     folder = make_image_folder(tmp_path / "data", per_class=(8, 4))
     (folder / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(REPO_ROOT / "scripts" / "finetune.py"), "--data-dir", str(folder), *TINY,
-                             "--batch-size", "8", "--output-dir", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=600)
+    result = run_script("finetune.py", "--data-dir", folder, *TINY, "--batch-size", "8", "--output-dir",
+                        tmp_path / "out", check=False, processes=2)
     assert result.returncode != 0
     # Each rank says why (only rank 0 scanned the images), none dies at a barrier with a gloo error.
-    assert result.stderr.count("error: 1 of 17 train images are unreadable") == 2, result.stderr[-3000:]
+    assert result.stderr.count("error: 1 of 17 train images are unreadable") == 2, result.stderr
     assert "gloo" not in result.stderr.lower() and "DistBackendError" not in result.stderr
     assert "exitcode  : 2" in result.stderr  # torchrun's own summary of the failed ranks
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, make_image_folder, run_script
+from conftest import REPO_ROOT, TORCHRUN, make_image_folder, run_script
 from safetensors.torch import load_file
 
 from hf_finetune.checkpoints import list_checkpoints
 
 SCRIPT = str(REPO_ROOT / "scripts" / "finetune.py")
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 @pytest.fixture
@@ -79,8 +78,7 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_identical(photos, tmp_path, wo
 
 def test_sigterm_to_one_rank_stops_both_and_resume_matches(photos, tmp_path):
     argv = _args(photos, tmp_path / "two", "--epochs", "1", "--batch-size", "8")
-    launcher = subprocess.Popen([*TORCHRUN, SCRIPT, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    launcher = _start(argv, launcher=[*TORCHRUN, "2"])
     seen = ""
     while launcher.poll() is None and not re.search(r"epoch 1:\s+\d+%\|[^|]*\|\s*[1-9]\d*/", seen):
         seen += launcher.stderr.read(1)
@@ -90,11 +88,8 @@ def test_sigterm_to_one_rank_stops_both_and_resume_matches(photos, tmp_path):
     assert launcher.returncode != 0 and time.time() - started < 60
     [checkpoint] = list_checkpoints(tmp_path / "two")
     assert {p.name for p in checkpoint.glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}, "both ranks stopped together"
-    resumed = subprocess.run([*TORCHRUN, SCRIPT, *argv], capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    straight = subprocess.run([*TORCHRUN, SCRIPT, *_args(photos, tmp_path / "straight", "--epochs", "1",
-                                                        "--batch-size", "8")], capture_output=True, timeout=600)
-    assert straight.returncode == 0
+    run_script("finetune.py", *argv, processes=2)
+    run_script("finetune.py", *_args(photos, tmp_path / "straight", "--epochs", "1", "--batch-size", "8"), processes=2)
     _same_state(list_checkpoints(tmp_path / "straight")[-1], list_checkpoints(tmp_path / "two")[-1])
 
 
@@ -161,8 +156,8 @@ def test_resume_with_other_classes_or_process_count_is_refused(photos, tmp_path,
         other = make_image_folder(tmp_path / "other", classes=("cat", "dog", "emu"), per_class=(4, 2))
         result = run_script("finetune.py", *_args(other, out, "--epochs", "2", "--batch-size", "8"), check=False)
     else:
-        result = subprocess.run([*TORCHRUN, SCRIPT, *_args(photos, out, "--epochs", "2", "--batch-size", "8")],
-                                capture_output=True, text=True, timeout=300)
+        result = run_script("finetune.py", *_args(photos, out, "--epochs", "2", "--batch-size", "8"), check=False,
+                            processes=2)
     assert result.returncode != 0
     assert "cannot resume" in result.stderr and ("label_names" in result.stderr or "num_processes" in result.stderr)
 
@@ -179,9 +174,9 @@ def test_non_finite_loss_stops_every_rank_keeps_the_checkpoint_and_pushes_nothin
     assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
     assert list_checkpoints(out) and all((c / "progress.json").is_file() for c in list_checkpoints(out))
     assert not any("tester/diverged" in path for _, path, _ in hub.requests), "nothing may be pushed"
-    both = subprocess.run([*TORCHRUN, SCRIPT, *map(str, argv[:-2]), "--batch-size", "8", "--output-dir",
-                           str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
-    assert both.returncode != 0 and both.stderr.count("non-finite loss") >= 2, both.stderr[-2000:]
+    both = run_script("finetune.py", *argv[:-2], "--batch-size", "8", "--output-dir", tmp_path / "two",
+                      check=False, processes=2)
+    assert both.returncode != 0 and both.stderr.count("non-finite loss") >= 2, both.stderr
 
 
 def test_rerunning_a_finished_command_trains_and_pushes_nothing(photos, tmp_path, hub, hub_env):
@@ -219,9 +214,7 @@ def test_two_processes_match_one_with_double_batch_or_accumulation(tmp_path):
               "--img-size", "32", "--batch-size", "8", "--lr-scheduler", "cosine", "--warmup-steps", "1"]
     run_script("finetune.py", *common, "--output-dir", tmp_path / "one")
     run_script("finetune.py", *common, "--gradient-accumulation-steps", "2", "--output-dir", tmp_path / "accumulated")
-    two = subprocess.run([*TORCHRUN, SCRIPT, *map(str, common), "--output-dir", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    run_script("finetune.py", *common, "--output-dir", tmp_path / "two", processes=2)
     reference = load_file(tmp_path / "one" / "model.safetensors")
     for run in ("accumulated", "two"):
         weights = load_file(tmp_path / run / "model.safetensors")
