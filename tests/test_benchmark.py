@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from conftest import make_image_folder, run_script
@@ -19,7 +20,12 @@ def test_benchmark_compares_both_loaders_at_each_scale_and_appends_its_command(t
     photos = make_image_folder(tmp_path / "photos", per_class=(6, 2), size=(120, 90), splits=("train", "test"))
     output = tmp_path / "BENCHMARKS.md"
     output.write_text("# earlier runs\n")
-    run_script("benchmark.py", "--data-dir", photos, *QUICK, "--scales", "1", "2", "--output", output)
+    scratch = tmp_path / "scratch"  # the benchmark's replicated photos and caches go here, then away
+    scratch.mkdir()
+    run_script("benchmark.py", "--data-dir", photos, *QUICK, "--scales", "1", "2", "--output", output,
+               env={**os.environ, "TMPDIR": str(scratch)})
+    # (torch keeps its own compile cache there, on purpose)
+    assert not list(scratch.glob("hf_finetune_benchmark_*")), "the benchmark's work folder must not outlive it"
     text = output.read_text()
     assert text.startswith("# earlier runs\n")  # appended, not overwritten
     assert f"--data-dir {photos}" in text and "- machine: " in text and "load average" in text
