@@ -61,8 +61,8 @@ class Normalize:
     first convolution takes it as it is (measured: the same step time as a channels_last input on CPU)."""
 
     def __init__(self, settings: ImageSettings):
-        self.scale = 1 / (torch.tensor(settings.std).view(1, 3, 1, 1) * 255)
-        self.shift = -torch.tensor(settings.mean).view(1, 3, 1, 1) / torch.tensor(settings.std).view(1, 3, 1, 1)
+        mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in (settings.mean, settings.std))
+        self.scale, self.shift = 1 / (std * 255), -mean / std
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.scale.device != images.device:

@@ -111,17 +111,21 @@ def test_no_eval_split_uses_a_seeded_holdout(tmp_path):
     assert _metrics(out)["final"]["eval_count"] == 4
 
 
-def test_two_processes_count_every_eval_image_once(tmp_path):
+def test_two_processes_count_every_eval_image_once_and_push_once(tmp_path, hub, hub_env):
     folder = make_image_folder(tmp_path / "data", per_class=(8, 5))  # 10 eval images: uneven over 2 x 4
     common = ["--data-dir", folder, *TINY, "--batch-size", "8", "--epochs", "1"]
     run_script("finetune.py", *common, "--output-dir", tmp_path / "one")
-    run_script("finetune.py", *common, "--output-dir", tmp_path / "two", processes=2)
+    # The main process pushes alone, after every process has left the process group.
+    result = run_script("finetune.py", *common, "--output-dir", tmp_path / "two", "--push-to-hub", "tester/two",
+                        env=hub_env, processes=2)
+    pushed, created = hub.commits("tester/two")  # one commit of ours on the repo's initial one
+    assert result.stdout.count("pushed: ") == 1 and created["parent"] is None
+    assert {"model.safetensors", "config.json", "README.md"} <= set(pushed["files"])
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert two["num_processes"] == 2 and two["devices"] == ["cpu", "cpu"]
     assert one["final"]["eval_count"] == two["final"]["eval_count"] == 10
     run_config = json.loads((tmp_path / "two" / "run_config.json").read_text())
     assert run_config["per_device_batch_size"] == 4
-
 
 
 def test_bad_data_found_by_the_main_process_stops_every_process_with_the_same_line(tmp_path):
@@ -134,6 +138,7 @@ def test_bad_data_found_by_the_main_process_stops_every_process_with_the_same_li
     assert result.stderr.count("error: 1 of 17 train images are unreadable") == 2, result.stderr
     assert "gloo" not in result.stderr.lower() and "DistBackendError" not in result.stderr
     assert "exitcode  : 2" in result.stderr  # torchrun's own summary of the failed ranks
+
 
 LITE0 = ["--model", f"local-dir:{LITE0_WEIGHTS}", "--data-dir", HOTDOG_MINI, "--img-size", "160",
          "--epochs", "4", "--batch-size", "32", "--lr", "2e-3", "--momentum", "0.9", "--mixed-precision", "bf16"]
