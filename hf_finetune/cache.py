@@ -17,15 +17,14 @@ import dataclasses
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 from typing import Optional
 
-import torch
 from torch import nn
 
 from .data import ImageData
 from .errors import UserError
+from .hardware import available_cpus, one_thread
 from .images import BadImageError, ImageSettings, load_rgb
 
 logger = logging.getLogger(__name__)
@@ -37,23 +36,6 @@ WRITER_BATCH_SIZE = 64
 # photos 0.45 s on one process vs 0.85 s on two, 850 ~1.5 s both, 3250 6.4 s vs 5.05 s (there the
 # processes' parallel Python and Arrow writing win).
 MIN_IMAGES_PER_PROCESS = 500
-
-
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@contextmanager
-def one_thread():
-    """Run per-image tensor ops on one thread, as DataLoader workers always do. Split between threads, an op
-    on one image saves little and stalls whenever another process holds a core: on a busy 2-core machine
-    the loader without workers fell from ~1100 to ~30 images/s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def prepare_images(data: ImageData, model: nn.Module, cache: bool = True, max_bad_fraction: float = 0.01,

@@ -8,13 +8,13 @@ one more row here (see `_training_details`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import sysconfig
 from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
+from .files import write_text
 
 TEMPLATE_RELATIVE_PATH = Path("model_cards") / "template.md"
 TAGS = ["image-classification", "timm", "transformers", "hf_finetune"]
@@ -27,9 +27,7 @@ def write_model_card(output_dir: Path, repo_id: Optional[str] = None) -> Path:
     output_dir = Path(output_dir)
     card = render_model_card(output_dir, repo_id)
     path = output_dir / "README.md"
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(str(card), encoding="utf-8")
-    os.replace(partial, path)
+    write_text(path, str(card))
     return path
 
 

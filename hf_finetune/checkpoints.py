@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .model import unwrap
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def checkpoint_problem(path: Path) -> Optional[str]:
         if missing:
             return f"missing {', '.join(missing)}"
     except Exception as error:  # a torn write shows up as any parse error
-        return f"unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        return f"unreadable ({first_line(error)})"
     return None
 
 
@@ -205,6 +205,5 @@ def _load_tensors(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"refusing to load {path}: not plain tensor data ({reason[:160]}); delete that "
+        raise UserError(f"refusing to load {path}: not plain tensor data ({first_line(error)[:160]}); delete that "
                         "checkpoint folder or pass --resume none") from None

@@ -15,7 +15,7 @@ from typing import Optional
 
 from .config import EVAL_SPLIT_NAMES, FinetuneConfig
 from .download import default_cache_dir, hotdog_dir
-from .errors import UserError
+from .errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def load_hub_dataset(config: FinetuneConfig) -> ImageData:
     try:
         loaded = datasets.load_dataset(config.dataset_name, config.dataset_config, cache_dir=_datasets_cache(config))
     except Exception as error:  # load_dataset raises many types: offline, missing, gated, bad config
-        raise UserError(f"could not load Hub dataset {config.dataset_name!r}: {str(error).splitlines()[0]}; "
+        raise UserError(f"could not load Hub dataset {config.dataset_name!r}: {first_line(error)}; "
                         "check the id (and HF_HUB_OFFLINE), or use --data-dir PATH") from None
     if config.train_split not in loaded:
         raise UserError(f"dataset {config.dataset_name} has no split {config.train_split!r}; "

@@ -33,7 +33,8 @@ from .loaders import create_dataloaders, create_normalize
 from .model import create_classifier, save_classifier, unwrap
 from .optim import create_optimizer, create_param_groups, create_scheduler, describe_param_groups
 from .reuse import reuse_classifier_rows
-from .report import library_versions, plot_training_curves, summary_lines, write_json
+from .files import write_json
+from .report import library_versions, plot_training_curves, summary_lines
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Callable, TypeVar
 import torch
 
 from .card import read_run_records, write_model_card
-from .errors import UserError
+from .errors import UserError, first_line
 from .predict import load_classifier
 
 logger = logging.getLogger(__name__)
@@ -144,5 +144,5 @@ def _retry_after(error) -> float | None:
 
 def _describe(error: Exception) -> str:
     status = _status_of(error)
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = first_line(error)
     return f"HTTP {status}: {text}" if status and str(status) not in text else text

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .cache import available_cpus, one_thread
+from .hardware import available_cpus, one_thread
 from .data import ImageData
 from .images import ImageSettings, load_rgb
 from .sampling import EpochShuffleSampler, SeededAugmentation

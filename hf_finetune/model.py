@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
+from .files import write_atomically, write_text
 
 # pretrained_cfg keys that describe the source checkpoint, not the fine-tuned model.
 SOURCE_ONLY_CFG_KEYS = ("hf_hub_id", "hf_hub_filename", "url", "file", "source", "tag", "origin_url", "paper_ids",
@@ -94,8 +94,7 @@ def _create_source_model(name: str, pretrained: bool, pretrained_path: Optional[
                 model = timm.create_model(name, pretrained=pretrained, img_size=img_size)
             return model
         except Exception as error:  # timm/hub raise many types: bad tag, offline, missing files
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UserError(f"could not create {name!r} (pretrained={pretrained}): {message}; check the name and "
+            raise UserError(f"could not create {name!r} (pretrained={pretrained}): {first_line(error)}; check the name and "
                             "tag, pass --pretrained-path FILE, or --no-pretrained") from None
     state = _load_weights_file(pretrained_path)
     model = timm.create_model(name, pretrained=False, **({"img_size": img_size} if img_size else {}))
@@ -168,10 +167,10 @@ def save_classifier(model: nn.Module, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     # contiguous(): channels_last weights are not contiguous and safetensors refuses them.
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    _write_atomically(output_dir / "model.safetensors", lambda path: save_file(state, path, metadata={"format": "pt"}))
+    write_atomically(output_dir / "model.safetensors", lambda path: save_file(state, path, metadata={"format": "pt"}))
     label_names = model.pretrained_cfg["label_names"]
     config_path = output_dir / "config.json"
-    _write_atomically(config_path, lambda path: save_config_for_hf(model, path,
+    write_atomically(config_path, lambda path: save_config_for_hf(model, path,
                                                                    model_config={"label_names": label_names}))
     # timm records num_classes in model_args too; transformers' TimmWrapper passes num_classes itself and
     # fails with "multiple values for keyword argument 'num_classes'". The top-level num_classes suffices.
@@ -179,10 +178,5 @@ def save_classifier(model: nn.Module, output_dir: Path) -> None:
     config.get("model_args", {}).pop("num_classes", None)
     if not config.get("model_args"):
         config.pop("model_args", None)
-    _write_atomically(config_path, lambda path: Path(path).write_text(json.dumps(config, indent=2)))
+    write_text(config_path, json.dumps(config, indent=2))
 
-
-def _write_atomically(path: Path, write) -> None:
-    partial = path.with_name(path.name + ".partial")
-    write(str(partial))
-    os.replace(partial, path)

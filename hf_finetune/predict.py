@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 ImageInput = Union[str, Path, "PIL.Image.Image"]  # noqa: F821 (PIL is imported lazily)
 
@@ -48,7 +48,7 @@ def load_classifier(name_or_path: Union[str, Path], cache_dir: Optional[Path] = 
     except Exception as error:  # hub (missing, private, offline), timm (bad config) and IO errors alike
         hint = ("check the name, and for a private repo set HF_TOKEN or run `hf auth login`"
                 if name.startswith("hf-hub:") else "point at the --output-dir of a finished run")
-        raise UserError(f"could not load {name}: {_first_line(error)}; {hint}") from None
+        raise UserError(f"could not load {name}: {first_line(error)}; {hint}") from None
     model.eval()
     label_names = list(model.pretrained_cfg.get("label_names") or [])
     if len(label_names) != model.num_classes:
@@ -79,8 +79,5 @@ def open_rgb(image: ImageInput):
         with Image.open(image) as opened:
             return ImageOps.exif_transpose(opened).convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise UserError(f"cannot read image {image}: {_first_line(error)}") from None
+        raise UserError(f"cannot read image {image}: {first_line(error)}") from None
 
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-
-
-def write_json(path: Path, value: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(partial, path)
 
 
 def plot_training_curves(history: list[dict], path: Path) -> None:

@@ -17,11 +17,8 @@ from pathlib import Path
 import pytest
 
 from hub_server import LocalHub, free_port
+from paths import FOOD101_MINI, HOTDOG_MINI, LITE0_WEIGHTS, REPO_ROOT, SHARED  # noqa: F401 (re-exported)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-HOTDOG_MINI = SHARED / "data" / "hotdog-mini"
-LITE0_WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k"
 
 _HERMETIC_ROOT = Path(tempfile.mkdtemp(prefix="hf_finetune_tests_"))
 HUB_PORT = free_port()

@@ -35,7 +35,7 @@ URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 API_RE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)"
                     r"(?:/(revision|tree|commits|preupload|commit|paths-info)/([^/]+)(/.*)?)?$")
 RESOLVE_RE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
-LITE0 = Path(__file__).resolve().parents[2] / "shared/weights/tf_efficientnet_lite0.in1k"
+from paths import LITE0_WEIGHTS as LITE0
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 
 import pytest
 import timm
@@ -17,7 +16,7 @@ from hf_finetune.model import SourceModel, create_classifier
 from hf_finetune.reuse import (copy_classifier_rows, describe_matches, match_labels, normalize_label,
                                parse_label_map, source_label_names)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from paths import SHARED
 LITE0 = f"local-dir:{SHARED / 'weights' / 'tf_efficientnet_lite0.in1k'}"
 HOTDOG_MINI_VAL = SHARED / "data" / "hotdog-mini" / "val"
 HOTDOG = 934  # ImageNet "hotdog, hot dog, red hot"

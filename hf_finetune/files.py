@@ -1,0 +1,24 @@
+"""Writing files so that a reader (or a run killed mid-write) never sees half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def write_atomically(path: Path, write: Callable[[str], object]) -> None:
+    """`write(temporary_path)`, then rename it over `path`: `path` is the old file or the new one, never torn."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    write(str(partial))
+    os.replace(partial, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda partial: Path(partial).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, value) -> None:
+    write_text(path, json.dumps(value, indent=2, default=str))
