@@ -15,17 +15,16 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import shutil
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .errors import UserError, first_line
 from .model import unwrap
+from .rng import rng_state
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)-step-(\d+)$")
@@ -67,26 +66,6 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def _rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    python_state = random.getstate()
-    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
-             "numpy_pos": numpy_state[2], "numpy_has_gauss": numpy_state[3], "numpy_gauss": numpy_state[4],
-             "python_version": python_state[0], "python_state": torch.tensor(python_state[1], dtype=torch.int64)}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-                         state["numpy_has_gauss"], state["numpy_gauss"]))
-    random.setstate((state["python_version"], tuple(state["python_state"].tolist()), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _fsync_tree(folder: Path) -> None:
     for path in [*folder.iterdir(), folder]:
         descriptor = os.open(path, os.O_RDONLY)
@@ -107,7 +86,7 @@ def save_checkpoint(accelerator, output_dir: Path, model, optimizer, scheduler, 
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(_rng_state(), staging / f"rng-{accelerator.process_index}.pt")
+    torch.save(rng_state(), staging / f"rng-{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
         save_file(state, staging / "model.safetensors")

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import restore_rng_state
 from .errors import UserError
 from .guard import NON_FINITE, PREEMPTED, StopGuard, leave_together
+from .rng import restore_rng_state
 
 
 @dataclass

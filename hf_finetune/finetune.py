@@ -19,29 +19,49 @@ import torch
 
 from .cache import prepare_images
 from .card import write_model_card
-from .checkpoints import (TrainingProgress, check_identity, find_checkpoint, load_checkpoint, restore_rng_state,
-                          save_checkpoint)
+from .checkpoints import (
+    TrainingProgress,
+    check_identity,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import FinetuneConfig
 from .data import load_image_data
 from .engine import ResumePoint, evaluate, train_one_epoch
 from .errors import TrainingStopped, UserError
+from .files import write_json
+from .freezing import (
+    backbone_parameters,
+    count_parameters,
+    frozen_batchnorms,
+    parameters_to_freeze,
+    set_requires_grad,
+)
 from .guard import PREEMPTED, StopGuard, leave_together, main_process_first
 from .hub import check_push_possible, push_to_hub
-from .layers import (backbone_parameters, count_parameters, frozen_batchnorms, parameters_to_freeze,
-                     set_requires_grad)
 from .loaders import create_dataloaders, create_normalize
 from .model import create_classifier, save_classifier, unwrap
-from .optim import create_optimizer, create_param_groups, create_scheduler, describe_param_groups
-from .reuse import reuse_classifier_rows
-from .files import write_json
+from .optim import (
+    create_optimizer,
+    create_param_groups,
+    create_scheduler,
+    describe_param_groups,
+)
 from .report import library_versions, plot_training_curves, summary_lines
+from .reuse import reuse_classifier_rows
+from .rng import restore_rng_state
 
 logger = logging.getLogger(__name__)
 
 
 def create_accelerator(config: FinetuneConfig):
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        DistributedDataParallelKwargs,
+        ProjectConfiguration,
+    )
 
     report_to = [name.strip() for name in config.report_to.split(",") if name.strip() not in ("", "none")]
     # Launched by torch.distributed.run without a GPU, Accelerate only picks gloo when told it runs on CPU.

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .hardware import available_cpus, one_thread
 from .data import ImageData
+from .hardware import available_cpus, one_thread
 from .images import ImageSettings, load_rgb
 from .sampling import EpochShuffleSampler, SeededAugmentation
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .errors import UserError, first_line
 from .files import write_atomically, write_text
+from .labels import source_label_names
 
 # pretrained_cfg keys that describe the source checkpoint, not the fine-tuned model.
 SOURCE_ONLY_CFG_KEYS = ("hf_hub_id", "hf_hub_filename", "url", "file", "source", "tag", "origin_url", "paper_ids",
@@ -115,8 +116,6 @@ def create_classifier(name: str, label_names: list[str], pretrained: bool = True
                       pretrained_path: Optional[str] = None,
                       img_size: Optional[int] = None) -> tuple[nn.Module, SourceModel]:
     """The timm model with its classifier reset to `label_names` and Xavier-initialized (the chapter)."""
-    from .reuse import source_label_names  # reuse builds on this module
-
     model = _create_source_model(name, pretrained, pretrained_path, img_size)
     source_cfg = dict(model.pretrained_cfg)
     source = SourceModel(

@@ -15,10 +15,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from hub_server import LocalHub, free_port
 from paths import FOOD101_MINI, HOTDOG_MINI, LITE0_WEIGHTS, REPO_ROOT, SHARED  # noqa: F401 (re-exported)
-
 
 _HERMETIC_ROOT = Path(tempfile.mkdtemp(prefix="hf_finetune_tests_"))
 HUB_PORT = free_port()

@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from hf_finetune.config import FinetuneConfig
-from hf_finetune.model import create_classifier, save_classifier
 from hf_finetune.files import write_json
+from hf_finetune.model import create_classifier, save_classifier
 from hf_finetune.report import library_versions, plot_training_curves
 
 LABELS = ["hot dog", "not_hotdog", "taco|burrito"]  # a space and a `|` exercise the label table

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from finished_run import LABELS, make_finished_run
+
 from hf_finetune import card as card_module
 from hf_finetune.card import find_template, sanitize_command, write_model_card
 

@@ -7,10 +7,10 @@ import timm
 import torch
 from torch.utils.data import DataLoader
 
-from hf_finetune.checkpoints import _rng_state
 from hf_finetune.engine import ResumePoint, train_one_epoch
 from hf_finetune.guard import StopGuard
 from hf_finetune.loaders import create_normalize
+from hf_finetune.rng import rng_state
 
 
 def _epoch(resume=None):
@@ -35,7 +35,7 @@ def _epoch(resume=None):
 def test_an_epoch_resumed_mid_way_counts_every_image_but_rates_only_those_it_trained():
     full = _epoch()
     assert full.count == 24 and full.examples_per_sec * full.seconds == pytest.approx(24)
-    resumed = _epoch(ResumePoint(step=4, sums=[3.0, 10.0, 16.0], rng_state=_rng_state()))
+    resumed = _epoch(ResumePoint(step=4, sums=[3.0, 10.0, 16.0], rng_state=rng_state()))
     # Metrics cover the whole epoch: the 16 images of the 4 batches before the interruption, and the 8 after.
     assert resumed.count == 24 and 10 / 24 <= resumed.accuracy <= 18 / 24
     assert resumed.examples_per_sec * resumed.seconds == pytest.approx(8)

@@ -8,9 +8,9 @@ import secrets
 from pathlib import Path
 
 import pytest
-
 from conftest import run_script
 from finished_run import make_finished_run
+
 from hf_finetune import hub as hub_module
 from hf_finetune.card import write_model_card
 from hf_finetune.errors import UserError

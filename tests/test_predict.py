@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_script
 from finished_run import LABELS, make_finished_run
+
 from hf_finetune.errors import UserError
 from hf_finetune.hub import fixed_batch, push_to_hub
 from hf_finetune.predict import load_classifier, open_rgb, predict

@@ -9,16 +9,16 @@ import re
 import pytest
 import timm
 import torch
+from paths import HOTDOG_MINI, LITE0_WEIGHTS
 from torch import nn
 
 from hf_finetune.errors import UserError
 from hf_finetune.model import SourceModel, create_classifier
-from hf_finetune.reuse import (copy_classifier_rows, describe_matches, match_labels, normalize_label,
-                               parse_label_map, source_label_names)
+from hf_finetune.labels import describe_matches, match_labels, normalize_label, parse_label_map, source_label_names
+from hf_finetune.reuse import copy_classifier_rows
 
-from paths import SHARED
-LITE0 = f"local-dir:{SHARED / 'weights' / 'tf_efficientnet_lite0.in1k'}"
-HOTDOG_MINI_VAL = SHARED / "data" / "hotdog-mini" / "val"
+LITE0 = f"local-dir:{LITE0_WEIGHTS}"
+HOTDOG_MINI_VAL = HOTDOG_MINI / "val"
 HOTDOG = 934  # ImageNet "hotdog, hot dog, red hot"
 
 
@@ -59,7 +59,7 @@ def test_ambiguous_label_takes_the_first_source_class_and_warns(imagenet_labels,
 
 
 def test_matches_are_logged(imagenet_labels, caplog):
-    with caplog.at_level(logging.INFO, logger="hf_finetune.reuse"):
+    with caplog.at_level(logging.INFO, logger="hf_finetune.labels"):
         match_labels(["hotdog", "not_hotdog"], imagenet_labels)
     assert "hotdog -> 934 (hotdog, hot dog, red hot)" in caplog.text and "new rows: not_hotdog" in caplog.text
 

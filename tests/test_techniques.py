@@ -10,10 +10,15 @@ from conftest import HOTDOG_MINI, LITE0_WEIGHTS, run_script
 from safetensors.torch import load_file, save_file
 
 from hf_finetune.config import FinetuneConfig
-from hf_finetune.layers import bottom_parameters, count_parameters, layer_depths, parameters_to_freeze
+from hf_finetune.errors import UserError
+from hf_finetune.freezing import (
+    bottom_parameters,
+    count_parameters,
+    layer_depths,
+    parameters_to_freeze,
+)
 from hf_finetune.model import create_classifier, head_parameter_names
 from hf_finetune.optim import create_optimizer, create_param_groups, create_scheduler
-from hf_finetune.errors import UserError
 
 TINY = ["--model", "test_resnet", "--batch-size", "4", "--num-workers", "0", "--epochs", "1"]
 
