@@ -201,10 +201,16 @@ def _hyperparameter_rows(run: dict, metrics: dict) -> list[tuple[str, str]]:
         ("global batch size", f"{config['batch_size']} = {run.get('per_device_batch_size', '?')} per device x "
                               f"{processes} process(es) x {accumulation} accumulation step(s)"),
         ("devices", ", ".join(metrics.get("devices", [])) or "?"),
-        ("mixed precision", run.get("mixed_precision", config.get("mixed_precision"))),
+        ("mixed precision", _describe_precision(run)),
         ("seed", config["seed"]),
     ]
     return [(name, _cell(value)) for name, value in rows]
+
+
+def _describe_precision(run: dict) -> str:
+    precision = run.get("mixed_precision", "no")
+    name = "fp32" if precision == "no" else precision
+    return f"{name} ({run['mixed_precision_reason']})" if run.get("mixed_precision_reason") else name
 
 
 def _param_group_rows(run: dict) -> list[tuple[str, str, str, str]]:

@@ -19,35 +19,19 @@ import torch
 
 from .cache import prepare_images
 from .card import write_model_card
-from .checkpoints import (
-    TrainingProgress,
-    check_identity,
-    find_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from .checkpoints import TrainingProgress, check_identity, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
 from .data import load_image_data
 from .engine import ResumePoint, evaluate, train_one_epoch
 from .errors import TrainingStopped, UserError
 from .files import write_json
-from .freezing import (
-    backbone_parameters,
-    count_parameters,
-    frozen_batchnorms,
-    parameters_to_freeze,
-    set_requires_grad,
-)
+from .freezing import backbone_parameters, count_parameters, frozen_batchnorms, parameters_to_freeze, set_requires_grad
 from .guard import PREEMPTED, StopGuard, leave_together, main_process_first
+from .hardware import Precision, cpu_model, machine_precision
 from .hub import check_push_possible, push_to_hub
 from .loaders import create_dataloaders, create_normalize
 from .model import create_classifier, save_classifier, unwrap
-from .optim import (
-    create_optimizer,
-    create_param_groups,
-    create_scheduler,
-    describe_param_groups,
-)
+from .optim import create_optimizer, create_param_groups, create_scheduler, describe_param_groups
 from .report import library_versions, plot_training_curves, summary_lines
 from .reuse import reuse_classifier_rows
 from .rng import restore_rng_state
@@ -55,13 +39,9 @@ from .rng import restore_rng_state
 logger = logging.getLogger(__name__)
 
 
-def create_accelerator(config: FinetuneConfig):
+def create_accelerator(config: FinetuneConfig, precision: Precision):
     from accelerate import Accelerator
-    from accelerate.utils import (
-        DataLoaderConfiguration,
-        DistributedDataParallelKwargs,
-        ProjectConfiguration,
-    )
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 
     report_to = [name.strip() for name in config.report_to.split(",") if name.strip() not in ("", "none")]
     # Launched by torch.distributed.run without a GPU, Accelerate only picks gloo when told it runs on CPU.
@@ -70,7 +50,7 @@ def create_accelerator(config: FinetuneConfig):
         cpu=multi_process_cpu,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         dynamo_backend="inductor" if config.compile else None,
-        mixed_precision=config.mixed_precision,
+        mixed_precision=precision.mixed_precision,
         log_with=report_to or None,
         project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=config.output_dir),
         # The sampler's shuffle order then depends only on (seed, epoch): reproducible and resumable.
@@ -104,7 +84,10 @@ def finetune(config: FinetuneConfig) -> dict:
     config.validate()
     if config.push_to_hub:
         check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
-    accelerator = create_accelerator(config)
+    precision = machine_precision(config.mixed_precision)
+    accelerator = create_accelerator(config, precision)
+    if accelerator.is_main_process and precision.slow_warning:
+        logger.warning(precision.slow_warning)
     output_dir = Path(config.output_dir)
     batch_per_device = per_device_batch_size(config, accelerator.num_processes)
     set_seed(config.seed)
@@ -153,7 +136,8 @@ def finetune(config: FinetuneConfig) -> dict:
                  "eval_size": len(data.eval)},
         "label_names": data.label_names, "label_matches": reused_rows, "param_groups": describe_param_groups(optimizer),
         "num_processes": accelerator.num_processes, "per_device_batch_size": batch_per_device,
-        "mixed_precision": config.mixed_precision, "versions": library_versions(),
+        "mixed_precision": precision.mixed_precision, "mixed_precision_reason": precision.reason,
+        "cpu": cpu_model(), "versions": library_versions(),
         "frozen": {"groups": config.freeze, "fraction": config.freeze_fraction, "num_params": total - trainable,
                    "head_warmup_epochs": config.freeze_epochs, "batchnorm_frozen": config.freeze_bn},
         "trainable_params": trainable, "total_params": total, "bad_files": data.bad_files,
@@ -165,7 +149,7 @@ def finetune(config: FinetuneConfig) -> dict:
         accelerator.print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split} images, "
                           f"classes {data.label_names}; {config.model}: "
                           + ", ".join(f"{g['name']} lr {g['lr']:g}" for g in run_config["param_groups"]))
-        accelerator.print(f"trainable parameters: {trainable:,} of {total:,}")
+        accelerator.print(f"trainable parameters: {trainable:,} of {total:,}; precision {precision.describe()}")
     accelerator.init_trackers("hf_finetune", config={k: v for k, v in config.to_dict().items() if v is not None})
 
     guard = StopGuard()

@@ -53,10 +53,7 @@ def create_optimizer(param_groups: list[dict], config: FinetuneConfig) -> torch.
 
 def create_scheduler(optimizer: torch.optim.Optimizer, config: FinetuneConfig, total_updates: int):
     """A schedule over optimizer updates (not micro-batches, not per-process steps)."""
-    from transformers import (
-        get_constant_schedule_with_warmup,
-        get_cosine_schedule_with_warmup,
-    )
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     if config.lr_scheduler == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_updates)

@@ -68,7 +68,7 @@ def test_body_documents_the_run_without_local_paths(run_dir):
     assert "![Training loss and accuracy per epoch](training_curves.png)" in body
     for fact in ("| backbone learning rate | 0.0064, for the mean loss", "x10 the backbone LR",
                  "| backbone | 0.0064 | 7.8125e-06 | 1,000 |", "| head | 0.064 |", "| epochs | 2 |",
-                 "| global batch size | 8 = 8 per device x 1 process(es)", "| mixed precision | no |", "| seed | 0 |"):
+                 "| global batch size | 8 = 8 per device x 1 process(es)", "| mixed precision | fp32 |", "| seed | 0 |"):
         assert fact in body
     assert "finetune.py --model test_resnet --data-dir tiny --output-dir=hotdog-run --epochs 2" in body
     assert 'timm.create_model("hf-hub:me/hotdog-run", pretrained=True)' in body

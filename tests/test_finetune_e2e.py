@@ -141,7 +141,7 @@ def test_bad_data_found_by_the_main_process_stops_every_process_with_the_same_li
 
 
 LITE0 = ["--model", f"local-dir:{LITE0_WEIGHTS}", "--data-dir", HOTDOG_MINI, "--img-size", "160",
-         "--epochs", "4", "--batch-size", "32", "--lr", "2e-3", "--momentum", "0.9", "--mixed-precision", "bf16"]
+         "--epochs", "4", "--batch-size", "32", "--lr", "2e-3", "--momentum", "0.9", "--mixed-precision", "auto"]
 
 
 @pytest.mark.slow

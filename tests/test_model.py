@@ -11,12 +11,7 @@ import torch
 from conftest import LITE0_WEIGHTS
 
 from hf_finetune.errors import UserError
-from hf_finetune.model import (
-    classifier_names,
-    create_classifier,
-    head_parameter_names,
-    save_classifier,
-)
+from hf_finetune.model import classifier_names, create_classifier, head_parameter_names, save_classifier
 
 LABELS = ["cat", "dog", "emu"]
 

@@ -11,12 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.errors import UserError
-from hf_finetune.freezing import (
-    bottom_parameters,
-    count_parameters,
-    layer_depths,
-    parameters_to_freeze,
-)
+from hf_finetune.freezing import bottom_parameters, count_parameters, layer_depths, parameters_to_freeze
 from hf_finetune.model import create_classifier, head_parameter_names
 from hf_finetune.optim import create_optimizer, create_param_groups, create_scheduler
 
@@ -106,7 +101,7 @@ def test_layer_decay_lr_is_base_times_mult_times_decay_to_the_depth(name):
 
 
 LITE0 = ["--model", f"local-dir:{LITE0_WEIGHTS}", "--data-dir", HOTDOG_MINI, "--img-size", "160",
-         "--batch-size", "32", "--lr", "2e-3", "--momentum", "0.9", "--mixed-precision", "bf16"]
+         "--batch-size", "32", "--lr", "2e-3", "--momentum", "0.9", "--mixed-precision", "auto"]
 
 
 @pytest.mark.slow

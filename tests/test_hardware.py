@@ -1,0 +1,51 @@
+"""Precision that fits the machine: `--mixed-precision auto` and the warning for emulated bf16."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_image_folder, run_script
+
+from hf_finetune.hardware import cpu_has_native_bf16, machine_precision, resolve_precision
+
+
+@pytest.mark.parametrize("device, bf16_supported, expected", [
+    ("cpu", True, "bf16"),  # Xeon with AMX / AVX512-BF16
+    ("cpu", False, "no"),  # AMD EPYC with AVX2 only: bf16 would be emulated, 10-14x slower
+    ("cuda", True, "bf16"),
+    ("cuda", False, "no"),  # e.g. a V100: fp16 only when asked
+    ("mps", False, "no"),
+])
+def test_auto_picks_bf16_only_where_it_runs_natively(device, bf16_supported, expected):
+    precision = resolve_precision("auto", device, bf16_supported)
+    assert precision.mixed_precision == expected
+    assert precision.reason.startswith("auto: ") and precision.slow_warning is None
+
+
+@pytest.mark.parametrize("requested", ["no", "bf16", "fp16"])
+def test_an_explicit_choice_is_kept(requested):
+    for device, supported in (("cpu", True), ("cuda", True), ("cuda", False)):
+        precision = resolve_precision(requested, device, supported)
+        assert (precision.mixed_precision, precision.reason, precision.slow_warning) == (requested, "as asked", None)
+
+
+def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_in_one_line():
+    warning = resolve_precision("bf16", "cpu", bf16_supported=False).slow_warning
+    assert warning and "\n" not in warning and "--mixed-precision auto" in warning and "slower" in warning
+
+
+def test_a_run_prints_and_records_the_precision_it_chose(tmp_path):
+    folder = make_image_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    result = run_script("finetune.py", "--data-dir", folder, "--model", "test_resnet", "--no-pretrained",
+                        "--batch-size", "4", "--num-workers", "0", "--epochs", "1", "--output-dir", out)
+    chosen = machine_precision("auto")
+    assert chosen.mixed_precision == ("bf16" if cpu_has_native_bf16() else "no")
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["config"]["mixed_precision"] == "auto"
+    assert (run_config["mixed_precision"], run_config["mixed_precision_reason"]) == (chosen.mixed_precision,
+                                                                                     chosen.reason)
+    assert f"precision {chosen.describe()}" in result.stdout
+    assert chosen.reason in (out / "README.md").read_text()
+    assert "much slower" not in result.stderr  # auto never picks the slow path
