@@ -1,11 +1,21 @@
-"""hf_finetune: fine-tune any timm image classifier on an image folder and publish it to the Hub."""
+"""hf_finetune: fine-tune any timm image classifier on an image folder and publish it to the Hub.
 
-from .card import write_model_card
-from .config import FinetuneConfig, parse_config
-from .errors import UserError
-from .finetune import finetune
-from .hub import push_to_hub
-from .predict import Classifier, load_classifier, predict
+The public names load on first use (PEP 562), so `import hf_finetune` and `--help` do not import torch.
+"""
 
-__all__ = ["Classifier", "FinetuneConfig", "UserError", "finetune", "load_classifier", "parse_config", "predict",
-           "push_to_hub", "write_model_card"]
+from importlib import import_module
+
+_EXPORTS = {"Classifier": "predict", "FinetuneConfig": "config", "UserError": "errors", "finetune": "finetune",
+            "load_classifier": "predict", "parse_config": "config", "predict": "predict", "push_to_hub": "hub",
+            "write_model_card": "card"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,8 +4,9 @@ Hand-written rather than `Accelerator.save_state` because that writes in place (
 leaves a half folder that auto-resume then picks), its retention deletes the old checkpoint before
 the new one exists, and it loads custom state and RNG pickles with `weights_only=False`. Here:
   * weights are safetensors; everything else is tensors/numbers loaded with `weights_only=True`;
-  * each checkpoint is written into a staging folder, fsynced, and committed by one rename on the
-    main process between barriers; old ones are removed only after that;
+  * the main process alone writes (every process sends it its RNG state and metric sums through a
+    collective, so nodes need no shared filesystem): into a staging folder, fsynced, committed by one
+    rename, and old ones are removed only after that;
   * resume takes the newest checkpoint that is complete and says loudly which broken ones it skips.
 """
 
@@ -18,13 +19,16 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from .errors import UserError, first_line
 from .model import unwrap
 from .rng import rng_state
+
+if TYPE_CHECKING:
+    from .parts import TrainingParts
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)-step-(\d+)$")
@@ -38,14 +42,18 @@ class TrainingProgress:
         self.epoch = 0  # completed epochs
         self.step = 0  # batches (micro-steps) of epoch + 1 already trained, for a mid-epoch resume
         self.history: list[dict] = []
-        self.partial: dict = {}  # train loss/correct/count sums of the interrupted epoch
+        # Per process, in rank order: [loss sum, correct, count] of the interrupted epoch's batches so far.
+        self.partial_sums: list[list[float]] = []
+        self.already_finished = False  # not saved: an earlier run of this command saved the final model
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "history": self.history, "partial": self.partial}
+        return {"epoch": self.epoch, "step": self.step, "history": self.history, "partial_sums": self.partial_sums}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.history, self.partial = list(state["history"]), dict(state.get("partial") or {})
+        self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+        # Checkpoints before per-process sums kept the main process's only, under "partial".
+        legacy = (state.get("partial") or {}).get("sums")
+        self.partial_sums = state.get("partial_sums") or ([legacy] if legacy else [])
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
@@ -75,37 +83,58 @@ def _fsync_tree(folder: Path) -> None:
             os.close(descriptor)
 
 
-def save_checkpoint(accelerator, output_dir: Path, model, optimizer, scheduler, progress: TrainingProgress,
-                    identity: dict, keep: int) -> Path:
-    """Write a checkpoint of the current state; every process calls this at the same step."""
+def save_checkpoint(parts: TrainingParts, progress: TrainingProgress,
+                    epoch_sums: Optional[list[float]] = None) -> None:
+    """Every process calls this at the same step, with its own metric sums when the epoch is unfinished. Each
+    sends its RNG state and sums to the main process through a collective, and the main process alone writes:
+    no other process needs to see its disk (multi-node without a shared filesystem)."""
+    from accelerate.utils import gather_object
+
+    accelerator = parts.accelerator
+    rank_states = gather_object([{"rng": rng_state(), "sums": epoch_sums}])  # in rank order
+    if accelerator.is_main_process:
+        progress.partial_sums = [state["sums"] for state in rank_states] if epoch_sums is not None else []
+        _write_checkpoint(parts, progress, [state["rng"] for state in rank_states])
+    accelerator.wait_for_everyone()  # nobody goes on, or exits on a SIGTERM, while the main process writes
+
+
+def _write_checkpoint(parts: TrainingParts, progress: TrainingProgress, rng_states: list[dict]) -> Path:
     from safetensors.torch import save_file
 
+    output_dir, keep = Path(parts.config.output_dir), parts.config.keep_checkpoints
     final = checkpoints_dir(output_dir) / checkpoint_name(progress.epoch, progress.step)
     staging = final.with_name(".staging-" + final.name)
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(rng_state(), staging / f"rng-{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-        save_file(state, staging / "model.safetensors")
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-        if accelerator.scaler is not None:
-            torch.save(accelerator.scaler.state_dict(), staging / "scaler.pt")
-        (staging / "identity.json").write_text(json.dumps(identity, indent=2))
-        (staging / "progress.json").write_text(json.dumps(progress.state_dict(), indent=2))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _fsync_tree(staging)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-        _fsync_tree(final.parent)
-        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for rank, state in enumerate(rng_states):
+        torch.save(state, staging / f"rng-{rank}.pt")
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(parts.model).state_dict().items()}
+    save_file(state, staging / "model.safetensors")
+    torch.save(parts.optimizer.state_dict(), staging / "optimizer.pt")
+    torch.save(parts.scheduler.state_dict(), staging / "scheduler.pt")
+    if parts.accelerator.scaler is not None:
+        torch.save(parts.accelerator.scaler.state_dict(), staging / "scaler.pt")
+    (staging / "identity.json").write_text(json.dumps(parts.identity, indent=2))
+    (staging / "progress.json").write_text(json.dumps(progress.state_dict(), indent=2))
+    _fsync_tree(staging)
+    _remove(final)
+    os.replace(staging, final)
+    _fsync_tree(final.parent)
+    for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        _remove(old)
+    for leftover in final.parent.glob(".deleting-*"):  # of a run killed while it removed one
+        shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder so that a kill at any moment leaves it whole or gone: first a rename out of
+    the names `list_checkpoints` knows (atomic), then the slow recursive delete."""
+    if checkpoint.exists():
+        doomed = checkpoint.with_name(".deleting-" + checkpoint.name)
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(checkpoint, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def checkpoint_problem(path: Path) -> Optional[str]:
@@ -156,23 +185,37 @@ def check_identity(path: Path, identity: dict) -> None:
                         "use the original settings, another --output-dir, or --resume none to start over")
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, progress: TrainingProgress) -> dict:
-    """Load a checkpoint into the prepared objects; returns this process's RNG state to restore."""
+def read_checkpoint(path: Path) -> dict:
+    """Everything in a checkpoint, as plain data (tensors, numbers), on the main process; `resume.py` sends it
+    to the others and each applies it with `apply_checkpoint`."""
     from safetensors.torch import load_file
 
-    unwrap(model).load_state_dict(load_file(path / "model.safetensors"))
+    processes = json.loads((path / "identity.json").read_text())["num_processes"]
+    scaler = path / "scaler.pt"
+    return {"path": str(path), "model": load_file(path / "model.safetensors"),
+            "optimizer": _load_tensors(path / "optimizer.pt"), "scheduler": _load_tensors(path / "scheduler.pt"),
+            "scaler": _load_tensors(scaler) if scaler.is_file() else None,
+            "progress": json.loads((path / "progress.json").read_text()),
+            "rng": [_load_tensors(path / f"rng-{rank}.pt") for rank in range(processes)]}
+
+
+def apply_checkpoint(parts: TrainingParts, checkpoint: dict, progress: TrainingProgress) -> dict:
+    """Load a read checkpoint into the prepared objects; returns this process's RNG state to restore."""
+    unwrap(parts.model).load_state_dict(checkpoint["model"])
+    optimizer = parts.optimizer
     wanted = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-    optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
+    optimizer.load_state_dict(checkpoint["optimizer"])
     restored = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-    if not all(math.isclose(asked, kept) for asked, kept in zip(wanted, restored)):
+    if parts.accelerator.is_main_process and not all(map(math.isclose, wanted, restored)):
         # As the HF Trainer does, a resumed run keeps its optimizer and schedule: say so rather than ignore it.
         logger.warning("resuming from %s with its own learning rates %s, not the %s this command asks for; "
-                       "--resume none starts over with them", path.name, _rates(restored), _rates(wanted))
-    scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
-    if accelerator.scaler is not None and (path / "scaler.pt").is_file():
-        accelerator.scaler.load_state_dict(_load_tensors(path / "scaler.pt"))
-    progress.load_state_dict(json.loads((path / "progress.json").read_text()))
-    return _load_tensors(path / f"rng-{accelerator.process_index}.pt")
+                       "--resume none starts over with them", Path(checkpoint["path"]).name, _rates(restored),
+                       _rates(wanted))
+    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    if parts.accelerator.scaler is not None and checkpoint["scaler"] is not None:
+        parts.accelerator.scaler.load_state_dict(checkpoint["scaler"])
+    progress.load_state_dict(checkpoint["progress"])
+    return checkpoint["rng"][parts.accelerator.process_index]
 
 
 def _rates(rates: list[float]) -> str:

@@ -1,7 +1,8 @@
 """The chapter's experiment as a command: the same data, epochs and seed, fine-tuned vs from scratch.
 
-Each variant is an ordinary `scripts/finetune.py` run in its own process and output folder (a fresh
-Accelerate state each, and any launcher works); this module only chooses the flags and tabulates.
+Each variant is an ordinary `python -m hf_finetune` run in its own process and output folder (a fresh
+Accelerate state each; an installed wheel has no scripts/ folder); this module only chooses the flags and
+tabulates.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import sys
 from pathlib import Path
 
 from .card import write_model_card
+from .config import FinetuneConfig
 from .errors import UserError
-
-FINETUNE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finetune.py"
 
 # name -> (description, extra flags). Flags come after the user's, so they win.
 VARIANTS = {
@@ -39,7 +39,7 @@ def _option(args: list[str], name: str, default: str) -> str:
 def variant_args(name: str, user_args: list[str], output_dir: Path) -> list[str]:
     _, flags = VARIANTS[name]
     if name == "scratch":  # the chapter trains from scratch at 10x the fine-tuning LR
-        flags = flags + ["--lr", repr(10 * float(_option(user_args, "lr", "6.4e-3")))]
+        flags = flags + ["--lr", repr(10 * float(_option(user_args, "lr", repr(FinetuneConfig.lr))))]
     return [*user_args, *flags, "--output-dir", str(output_dir / name)]
 
 
@@ -50,7 +50,7 @@ def run_comparison(user_args: list[str], output_dir: Path, variants: list[str]) 
     results = {}
     for name in variants:
         print(f"== {name}: {VARIANTS[name][0]}", flush=True)
-        run = subprocess.run([sys.executable, str(FINETUNE_SCRIPT), *variant_args(name, user_args, output_dir)])
+        run = subprocess.run([sys.executable, "-m", "hf_finetune", *variant_args(name, user_args, output_dir)])
         if run.returncode != 0:
             raise UserError(f"variant {name!r} failed (exit {run.returncode}); its output is in {output_dir / name}")
         metrics = json.loads((output_dir / name / "metrics.json").read_text())

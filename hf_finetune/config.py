@@ -18,8 +18,14 @@ from .errors import UserError
 EVAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
 
 
-def _doc(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
+# The chapter's SGD decay (1e-3 under its summed loss at batch 128) is no decay for AdamW, whose decoupled
+# decay is conventionally 0.05 for fine-tuning image models (timm's and the HF examples' AdamW recipes).
+DEFAULT_WEIGHT_DECAY = {"sgd": 1e-3 / 128, "adamw": 0.05}
+
+
+def _doc(text: str, argparse: Optional[dict] = None, **kwargs):
+    """A field whose `--help` is `text`; `argparse` adds add_argument options (HfArgumentParser passes them)."""
+    return field(metadata={"help": text, **(argparse or {})}, **kwargs)
 
 
 @dataclass
@@ -139,10 +145,11 @@ class FinetuneConfig:
         "--lr, as the chapter's scratch baseline.",
         default=True,
     )
-    weight_decay: float = _doc(
-        "Weight decay on every parameter, for the mean loss. Default 1e-3 / 128 = 7.8125e-6: the chapter's "
-        "1e-3 under its summed loss at batch 128 (with a mean loss the decay term is not scaled up).",
-        default=1e-3 / 128,
+    weight_decay: Optional[float] = _doc(
+        "Weight decay on every parameter, for the mean loss. Default by optimizer: sgd 1e-3 / 128 = 7.8125e-6, "
+        "the chapter's 1e-3 under its summed loss at batch 128 (with a mean loss the decay term is not scaled "
+        "up); adamw 0.05, AdamW's usual decoupled decay for fine-tuning (the SGD value would be none at all).",
+        default=None,
     )
     momentum: float = _doc("SGD momentum (the chapter: 0).", default=0.0)
     lr_scheduler: Literal["constant", "cosine"] = _doc(
@@ -172,9 +179,11 @@ class FinetuneConfig:
         default="output",
     )
     resume: str = _doc(
-        "'auto': continue from the newest complete checkpoint in OUTPUT_DIR/checkpoints, if any (re-running a "
-        "finished command trains and pushes nothing; after a crash it resumes); a checkpoint folder; or 'none' "
-        "to start over.",
+        "'auto' (also a bare --resume): continue from the newest complete checkpoint in OUTPUT_DIR/checkpoints, "
+        "if any (re-running a finished command trains and pushes nothing; after a crash it resumes); a "
+        "checkpoint folder; or 'none' to start over, moving an earlier run's checkpoints and results in "
+        "OUTPUT_DIR aside into OUTPUT_DIR/previous-run-<time>/ (said in the log).",
+        argparse={"nargs": "?", "const": "auto"},
         default="auto",
     )
     keep_checkpoints: int = _doc("How many per-epoch checkpoints to keep (the newest); 0 keeps all.", default=2)
@@ -193,6 +202,7 @@ class FinetuneConfig:
     )
 
     def validate(self) -> "FinetuneConfig":
+        """Refuse bad values with a one-line UserError; fill the defaults that depend on other options."""
         if self.data_dir and self.dataset_name:
             raise UserError("give either --data-dir or --dataset-name, not both")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -204,7 +214,7 @@ class FinetuneConfig:
             raise UserError("--lr and --head-lr-mult must be positive")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.weight_decay < 0 or self.momentum < 0 or self.warmup_steps < 0:
+        if (self.weight_decay or 0) < 0 or self.momentum < 0 or self.warmup_steps < 0:
             raise UserError("--weight-decay, --momentum and --warmup-steps cannot be negative")
         if self.img_size is not None and self.img_size < 16:
             raise UserError(f"--img-size must be at least 16 pixels, got {self.img_size}")
@@ -216,6 +226,8 @@ class FinetuneConfig:
             raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         if self.pretrained_path and not Path(self.pretrained_path).is_file():
             raise UserError(f"--pretrained-path {self.pretrained_path} is not a file")
+        if self.weight_decay is None:  # the default that fits the optimizer (see --weight-decay)
+            self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
         return self
 
     def to_dict(self) -> dict:

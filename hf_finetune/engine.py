@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,9 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .guard import NON_FINITE, PREEMPTED, StopGuard, leave_together
 from .rng import restore_rng_state
+
+if TYPE_CHECKING:
+    from .parts import TrainingParts
 
 
 @dataclass
@@ -35,9 +38,11 @@ class ResumePoint:
     rng_state: dict
 
 
-def train_one_epoch(model, loader, normalize, optimizer, scheduler, accelerator, epoch: int, guard: StopGuard,
-                    frozen_norms=(), resume: Optional[ResumePoint] = None) -> EpochStats:
-    """`normalize` (loaders.Normalize) turns the loader's uint8 batch, already on its device, into model input."""
+def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_norms=(),
+                    resume: Optional[ResumePoint] = None) -> EpochStats:
+    """One pass over parts.train_loader; a SIGTERM agreed by every process stops it early (stopped_at_step)."""
+    model, loader, normalize, accelerator = parts.model, parts.train_loader, parts.normalize, parts.accelerator
+    optimizer, scheduler = parts.optimizer, parts.scheduler
     model.train()
     for norm in frozen_norms:  # frozen blocks keep their pretrained BatchNorm statistics
         norm.eval()
@@ -80,8 +85,9 @@ def train_one_epoch(model, loader, normalize, optimizer, scheduler, accelerator,
 
 
 @torch.no_grad()
-def evaluate(model, loader, normalize, accelerator) -> EpochStats:
+def evaluate(parts: TrainingParts) -> EpochStats:
     """Exact counts across processes: gather_for_metrics drops the samples padded onto the last batch."""
+    model, loader, normalize, accelerator = parts.model, parts.eval_loader, parts.normalize, parts.accelerator
     model.eval()
     started = time.perf_counter()
     loss_sum, correct, count = (torch.zeros((), device=accelerator.device) for _ in range(3))

@@ -41,6 +41,12 @@ class StopGuard:
     def close(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
 
+    def __enter__(self) -> "StopGuard":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 def leave_together(accelerator) -> None:
     """A barrier as the last collective before every process exits, at the end of a run or on an error they
@@ -52,26 +58,27 @@ def leave_together(accelerator) -> None:
         accelerator.wait_for_everyone()
 
 
-def main_process_first(accelerator, work: Callable[[], Result]) -> Result:
-    """`work()` on the main process, then on the others, which load what it cached: Accelerate's
-    main_process_first, except that a UserError on the main process (a missing split, too many bad images)
-    is sent to every process and raised there too, so each exits with the same one-line error instead of
-    the others dying at the barrier with a gloo traceback."""
-    from accelerate.utils import broadcast_object_list
+def node_main_first(accelerator, work: Callable[[], Result]) -> Result:
+    """`work()` on each machine's local main process, then on its other processes, which load what it cached
+    on that machine's disk (Accelerate's local_main_process_first: no shared filesystem is assumed). A
+    UserError on any machine (a missing split, too many bad images) reaches every process through a
+    collective and is raised there too, so each exits with the same one-line error instead of the others
+    dying at a barrier with a gloo traceback."""
+    from accelerate.utils import gather_object
 
     if accelerator.num_processes == 1:
         return work()
-    failure = [None]
-    if accelerator.is_main_process:
+    failure = None
+    if accelerator.is_local_main_process:
         try:
             result = work()
         except UserError as error:
-            failure = [str(error)]
-    broadcast_object_list(failure)
-    if failure[0] is not None:
+            failure = str(error)
+    failures = [message for message in gather_object([failure]) if message is not None]
+    if failures:
         leave_together(accelerator)
-        raise UserError(failure[0])
-    if not accelerator.is_main_process:
+        raise UserError(failures[0])
+    if not accelerator.is_local_main_process:
         result = work()
     accelerator.wait_for_everyone()  # as Accelerate's: nobody goes on while another process still builds
     return result

@@ -61,5 +61,7 @@ def create_scheduler(optimizer: torch.optim.Optimizer, config: FinetuneConfig, t
 
 
 def describe_param_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
-    return [{"name": group["name"], "lr": group["lr"], "weight_decay": group["weight_decay"],
+    """The groups as configured. A built schedule has already set `lr` to its first value (0 at the start of a
+    warm-up); `initial_lr`, which torch schedulers record, is the configured rate."""
+    return [{"name": group["name"], "lr": group.get("initial_lr", group["lr"]), "weight_decay": group["weight_decay"],
              "num_params": sum(param.numel() for param in group["params"])} for group in optimizer.param_groups]

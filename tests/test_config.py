@@ -18,7 +18,7 @@ def test_dashed_flags_negations_and_bool_values():
                            "--head-lr-mult", "5", "--mixed-precision", "bf16", "--batch-size", "64"])
     assert (config.data_dir, config.pretrained, config.param_group) == ("photos", False, False)
     assert (config.head_lr_mult, config.mixed_precision, config.batch_size) == (5.0, "bf16", 64)
-    assert parse_config([]) == FinetuneConfig()
+    assert parse_config([]) == FinetuneConfig().validate()
 
 
 @pytest.mark.parametrize("suffix, dump", [(".yaml", None), (".json", json.dumps)])
@@ -59,3 +59,10 @@ def test_help_documents_every_field_and_the_conventions():
     assert "MEAN loss" in text and "SUMMED loss" in text  # which loss convention --lr uses
     assert "resnet18.tv_in1k" in text  # which weights a bare name means vs the chapter's
     assert "GLOBAL batch" in text
+
+
+def test_a_bare_resume_flag_means_auto():
+    assert parse_config(["--resume"]).resume == "auto"
+    assert parse_config(["--resume", "--epochs", "3"]).resume == "auto"
+    assert parse_config(["--resume", "none"]).resume == "none"
+    assert parse_config([]).resume == "auto"

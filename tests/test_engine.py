@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import timm
 import torch
@@ -24,12 +26,11 @@ def _epoch(resume=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(samples, batch_size=4))
-    guard = StopGuard()
-    try:
-        return train_one_epoch(model, loader, create_normalize(model), optimizer, scheduler, accelerator, 1, guard,
-                               resume=resume)
-    finally:
-        guard.close()
+    # The real prepared components, carried as a run's TrainingParts carries them.
+    parts = SimpleNamespace(model=model, train_loader=loader, normalize=create_normalize(model), optimizer=optimizer,
+                            scheduler=scheduler, accelerator=accelerator)
+    with StopGuard() as guard:
+        return train_one_epoch(parts, 1, guard, resume=resume)
 
 
 def test_an_epoch_resumed_mid_way_counts_every_image_but_rates_only_those_it_trained():

@@ -61,7 +61,11 @@ def test_saved_folder_reloads_with_identical_logits_in_timm_and_transformers(tmp
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["label_names"] == LABELS and "num_classes" not in config.get("model_args", {})
     reloaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
-    assert torch.equal(_logits(model), _logits(reloaded))
+    saved, loaded = model.state_dict(), reloaded.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    # Bitwise equal logits hold in the same memory format (the same kernels); across formats the kernels sum in
+    # another order and round differently in the last bits on some CPUs (seen on AVX2-only EPYC).
+    assert torch.equal(_logits(model), _logits(reloaded.to(memory_format=torch.channels_last)))
     assert reloaded.pretrained_cfg["label_names"] == LABELS
 
     from transformers import AutoModelForImageClassification
@@ -69,7 +73,8 @@ def test_saved_folder_reloads_with_identical_logits_in_timm_and_transformers(tmp
     wrapped = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
     assert wrapped.config.id2label == dict(enumerate(LABELS))
     torch.manual_seed(0)
-    assert torch.allclose(wrapped(torch.randn(2, 3, 64, 64)).logits, _logits(model), atol=1e-6)
+    # transformers runs it in the default memory format: equal up to float32 rounding of another summation order.
+    assert torch.allclose(wrapped(torch.randn(2, 3, 64, 64)).logits, _logits(model), rtol=1e-5, atol=1e-5)
 
 
 def test_pretrained_path_loads_safetensors_and_state_dict_files(tmp_path):

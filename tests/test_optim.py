@@ -6,14 +6,14 @@ import pytest
 
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.errors import UserError
-from hf_finetune.finetune import per_device_batch_size
 from hf_finetune.model import create_classifier, head_parameter_names
-from hf_finetune.optim import create_optimizer, create_param_groups, create_scheduler
+from hf_finetune.optim import create_optimizer, create_param_groups, create_scheduler, describe_param_groups
+from hf_finetune.parts import per_device_batch_size
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit", "tf_efficientnet_lite0"])
 def test_head_lr_is_exactly_k_times_backbone_after_the_scheduler(name):
-    config = FinetuneConfig(lr=0.01, head_lr_mult=7.0, lr_scheduler="cosine", warmup_steps=2)
+    config = FinetuneConfig(lr=0.01, head_lr_mult=7.0, lr_scheduler="cosine", warmup_steps=2).validate()
     model, _ = create_classifier(name, ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     scheduler = create_scheduler(optimizer, config, total_updates=10)
@@ -30,7 +30,7 @@ def test_head_lr_is_exactly_k_times_backbone_after_the_scheduler(name):
 
 
 def test_one_group_without_param_group():
-    config = FinetuneConfig(lr=0.02, param_group=False)
+    config = FinetuneConfig(lr=0.02, param_group=False).validate()
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     create_scheduler(optimizer, config, total_updates=5)
@@ -39,7 +39,7 @@ def test_one_group_without_param_group():
 
 
 def test_chapter_sgd_defaults():
-    config = FinetuneConfig()
+    config = FinetuneConfig().validate()
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     assert type(optimizer).__name__ == "SGD"
@@ -57,3 +57,22 @@ def test_global_batch_is_split_over_processes_and_accumulation(batch, processes,
 def test_indivisible_global_batch_is_refused():
     with pytest.raises(UserError, match="not divisible by 3 process"):
         per_device_batch_size(FinetuneConfig(batch_size=128), 3)
+
+
+def test_adamw_gets_adamws_usual_weight_decay_and_an_explicit_value_wins():
+    model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
+    for given, expected in ((None, 0.05), (0.01, 0.01), (0.0, 0.0)):
+        config = FinetuneConfig(optimizer="adamw", weight_decay=given).validate()
+        optimizer = create_optimizer(create_param_groups(model, config), config)
+        assert type(optimizer).__name__ == "AdamW"
+        assert {group["weight_decay"] for group in optimizer.param_groups} == {expected}
+
+
+def test_a_warm_up_records_the_configured_learning_rates_not_its_starting_zero():
+    config = FinetuneConfig(lr=0.01, warmup_steps=5).validate()
+    model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
+    optimizer = create_optimizer(create_param_groups(model, config), config)
+    create_scheduler(optimizer, config, total_updates=20)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.0, 0.0]  # the warm-up starts at zero
+    assert [(group["name"], group["lr"]) for group in describe_param_groups(optimizer)] == [("backbone", 0.01),
+                                                                                       ("head", 0.1)]
