@@ -1,7 +1,10 @@
 """Label names: the source model's classes, and which target labels name one of them.
 
 A folder named `hotdog` names ImageNet class 934 "hotdog, hot dog, red hot" (case, `_`, `-` and spaces
-ignored; any comma-separated synonym of the source class counts). `--label-map` states matches by hand.
+ignored; any comma-separated synonym of the source class counts). Failing that, singular and plural forms
+and spacing match ("ants" names 310 "ant, emmet, pismire", "cheese_burger" 933 "cheeseburger"; label_forms.py
+says how), when they name one source class only.
+Near misses ("hamburger" ~ 933 "cheeseburger") are only suggested. `--label-map` states matches by hand.
 """
 
 from __future__ import annotations
@@ -14,14 +17,11 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
+from .label_forms import index_by_ending, match_keys, near_misses, normalize_label
 
 logger = logging.getLogger(__name__)
 
 _SYNSET = re.compile(r"n\d{8}")
-
-
-def normalize_label(name: str) -> str:
-    return re.sub(r"[\s_-]+", " ", name.lower()).strip()
 
 
 def _synonyms(source_label: str) -> set[str]:
@@ -102,8 +102,14 @@ def _resolve_source(value, source_labels: Optional[list[str]]) -> int:
 
 def match_labels(target_labels: list[str], source_labels: Optional[list[str]],
                  explicit: Optional[dict[str, int]] = None) -> dict[int, int]:
-    """Target index -> source index: the --label-map pairs, then every label named like a source class."""
+    """Target index -> source index: the --label-map pairs, then every label named like a source class.
+
+    An exact name (any synonym, normalized) wins; an ambiguous exact name takes the first class and warns.
+    Then singular/plural forms, applied only when they name a single source class (otherwise a warning and
+    no match). Labels still unmatched are logged with the source classes they nearly name, as suggestions.
+    """
     explicit = explicit or {}
+    keys_to_sources = _source_indices_by_key(source_labels or [])
     matches = {}
     for target_index, label in enumerate(target_labels):
         if label in explicit:
@@ -114,14 +120,50 @@ def match_labels(target_labels: list[str], source_labels: Optional[list[str]],
         if len(candidates) > 1:
             logger.warning("label %r matches several source classes (%s); using %d, set --label-map %s=INDEX "
                            "to choose", label, ", ".join(map(str, candidates)), candidates[0], label)
-        if candidates:
-            matches[target_index] = candidates[0]
+        inflected = [] if candidates else _inflected_candidates(label, keys_to_sources)
+        if candidates or len(inflected) == 1:
+            matches[target_index] = (candidates or inflected)[0]
     reused = [f"{target_labels[target]} -> {source} ({source_labels[source] if source_labels else 'unnamed'})"
               for target, source in matches.items()]
     fresh = [label for index, label in enumerate(target_labels) if index not in matches]
     logger.info("source classifier rows reused: %s; new rows: %s", "; ".join(reused) or "none",
                 ", ".join(fresh) or "none")
+    _log_suggestions(suggest_label_map(fresh, source_labels), source_labels)
     return matches
+
+
+def _source_indices_by_key(source_labels: list[str]) -> dict[str, set[int]]:
+    keys: dict[str, set[int]] = {}
+    for index, source_label in enumerate(source_labels):
+        for synonym in source_label.split(","):
+            for key in match_keys(synonym):
+                keys.setdefault(key, set()).add(index)
+    return keys
+
+
+def _inflected_candidates(label: str, keys_to_sources: dict[str, set[int]]) -> list[int]:
+    """Source classes a singular/plural form of the label names; several are not applied (which one?)."""
+    candidates = sorted(set().union(*(keys_to_sources.get(key, set()) for key in match_keys(label))))
+    if len(candidates) > 1:
+        logger.warning("label %r: its singular/plural forms name several source classes (%s); none is reused, "
+                       "set --label-map %s=INDEX to choose", label, ", ".join(map(str, candidates)), label)
+    return candidates
+
+
+def suggest_label_map(target_labels: list[str], source_labels: Optional[list[str]]) -> dict[str, list[int]]:
+    """Label -> source classes it nearly names (label_forms.near_misses, best first), for labels that have any."""
+    if not source_labels or not target_labels:
+        return {}
+    ending_index = index_by_ending(source_labels)
+    suggestions = {label: near_misses(label, ending_index) for label in target_labels}
+    return {label: indices for label, indices in suggestions.items() if indices}
+
+
+def _log_suggestions(suggestions: dict[str, list[int]], source_labels: Optional[list[str]]) -> None:
+    for label, indices in suggestions.items():
+        close = "; ".join(f"{index} ({source_labels[index]})" for index in indices)
+        logger.info("label %r names no source class but is close to %s: --label-map %s=%d would start it from "
+                    "that class's row", label, close, label, indices[0])
 
 
 def describe_matches(matches: dict[int, int], target_labels: list[str],

@@ -1,0 +1,124 @@
+"""The confusion matrix as a picture, readable from 2 classes to 101 and more.
+
+Colour is the row-normalized count (the share of each true class predicted as each class: recall on the
+diagonal), the cells show the raw counts. Above `max_classes` classes only the classes involved in the largest
+off-diagonal counts are drawn (still normalized by their full rows), and the top confused pairs are listed
+beside the matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+MAX_CLASSES = 25
+
+
+def top_confused_pairs(counts, k: int = 10) -> list[tuple[int, int, int]]:
+    """The k largest off-diagonal counts as (true index, predicted index, count), largest first, zeros left out.
+
+    Ties go to the lower true index, then the lower predicted index, so the choice is deterministic.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    true, predicted = np.nonzero(counts * (1 - np.eye(len(counts), dtype=np.int64)))
+    pairs = sorted(zip(true.tolist(), predicted.tolist()), key=lambda pair: (-counts[pair], pair))
+    return [(t, p, int(counts[t, p])) for t, p in pairs[:k]]
+
+
+def most_confused_classes(counts, max_classes: int = MAX_CLASSES) -> list[int]:
+    """Every class when there are at most `max_classes`; otherwise the classes of the largest confusions.
+
+    Walks the off-diagonal pairs from the largest count down, taking both classes of each pair, until
+    `max_classes` are chosen (or no confusion is left); returned in index order, so the diagonal stays the
+    diagonal.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if len(counts) <= max_classes:
+        return list(range(len(counts)))
+    chosen: dict[int, None] = {}  # insertion-ordered set
+    for true, predicted, _ in top_confused_pairs(counts, k=counts.size):
+        for index in (true, predicted):
+            if len(chosen) < max_classes:
+                chosen.setdefault(index)
+        if len(chosen) >= max_classes:
+            break
+    return sorted(chosen)
+
+
+def plot_confusion_matrix(counts, label_names: Sequence[str], path: Path, max_classes: int = MAX_CLASSES,
+                          top_pairs: int = 12) -> list[int]:
+    """Write the confusion matrix (rows true, columns predicted) as a PNG; return the class indices drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on training machines
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or len(label_names) != len(counts):
+        raise ValueError(f"expected a square matrix with one label per row; got {counts.shape} and "
+                         f"{len(label_names)} labels")
+    shown = most_confused_classes(counts, max_classes)
+    pairs = top_confused_pairs(counts, top_pairs) if len(counts) > 2 else []
+    row_totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)[np.ix_(shown, shown)]
+
+    figure, axis, colour_axis, list_x = _matrix_layout(plt, len(shown), with_list=bool(pairs))
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    _write_counts(axis, counts[np.ix_(shown, shown)], shares)
+    names = [_short(label_names[index]) for index in shown]
+    axis.set_xticks(range(len(shown)), names, rotation=60, ha="right", rotation_mode="anchor", fontsize=8)
+    axis.set_yticks(range(len(shown)), names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(_title(counts, len(shown)), fontsize=10)
+    figure.colorbar(image, cax=colour_axis, label="share of the true class")
+    if pairs:
+        figure.text(list_x, axis.get_position().y1, _pairs_text(pairs, label_names), va="top", ha="left",
+                    fontsize=8)
+    figure.savefig(path, bbox_inches="tight")  # trims the unused margin
+    plt.close(figure)
+    return shown
+
+
+def _matrix_layout(plt, classes: int, with_list: bool):
+    """Fixed margins in inches (tight_layout misjudges rotated names beside a colour bar): the matrix grows
+    0.42 in per class, room for a 3-digit count in each cell; names take 1.9 in left and below."""
+    left, bottom, top, cell = 1.9, 1.9, 0.75, 0.42
+    side = max(cell * classes, 1.6)
+    colour_bar, list_width = 1.0, (3.8 if with_list else 0.2)
+    width, height = left + side + colour_bar + list_width, bottom + side + top
+    figure = plt.figure(figsize=(width, height), dpi=110)
+    axis = figure.add_axes((left / width, bottom / height, side / width, side / height))
+    colour_axis = figure.add_axes(((left + side + 0.15) / width, bottom / height, 0.2 / width, side / height))
+    return figure, axis, colour_axis, (left + side + colour_bar) / width
+
+
+def _write_counts(axis, counts: np.ndarray, shares: np.ndarray) -> None:
+    size = 8 if len(counts) <= 15 else 6
+    for (row, column), count in np.ndenumerate(counts):
+        if count or row == column:  # zeros off the diagonal are noise at 25 classes
+            axis.text(column, row, str(count), ha="center", va="center", fontsize=size,
+                      color="white" if shares[row, column] > 0.55 else "black")
+
+
+def _title(counts: np.ndarray, shown: int) -> str:
+    total, correct = int(counts.sum()), int(np.trace(counts))
+    accuracy = f"accuracy {correct / total:.3f} ({correct}/{total})" if total else "no samples"
+    subset = f"\nthe {shown} most-confused of {len(counts)} classes" if shown < len(counts) else ""
+    return f"confusion matrix, {accuracy}{subset}"
+
+
+def _pairs_text(pairs: list[tuple[int, int, int]], label_names: Sequence[str]) -> str:
+    lines = [f"{_short(label_names[true])} \u2192 {_short(label_names[predicted])}: {count}"
+             for true, predicted, count in pairs]
+    return "most confused\n(true \u2192 predicted: n)\n\n" + "\n".join(lines)
+
+
+def _short(name: str, limit: int = 22) -> str:
+    """Cut long names in the middle: their ends tell classes apart ('food_101_class_007')."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return name[:head] + "\u2026" + name[len(name) - (limit - 1 - head):]
