@@ -1,14 +1,26 @@
-"""scripts/benchmark.py runs on any photo folder and records what it measured (not how fast: that is BENCHMARKS.md)."""
+"""`python -m benchmarks.run` runs on any photo folder and records what it measured (not how fast: that is
+BENCHMARKS.md)."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
-from conftest import make_image_folder, run_script
+from conftest import REPO_ROOT, make_image_folder
 
 QUICK = ["--model", "test_resnet", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--loader-epochs", "2",
          "--epochs", "0", "--accuracy-seeds", "0"]
+
+
+def run_benchmark(*args, env=None, check=True) -> subprocess.CompletedProcess:
+    """`python -m benchmarks.run ARGS` from the checkout, as the README says to run it."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", *map(str, args)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, env=env or os.environ.copy(), timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"benchmark exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
 
 
 def _rows(text: str, first_cell: str) -> list[list[str]]:
@@ -22,8 +34,8 @@ def test_benchmark_compares_both_loaders_at_each_scale_and_appends_its_command(t
     output.write_text("# earlier runs\n")
     scratch = tmp_path / "scratch"  # the benchmark's replicated photos and caches go here, then away
     scratch.mkdir()
-    run_script("benchmark.py", "--data-dir", photos, *QUICK, "--scales", "1", "2", "--output", output,
-               env={**os.environ, "TMPDIR": str(scratch)})
+    run_benchmark("--data-dir", photos, *QUICK, "--scales", "1", "2", "--output", output,
+                  env={**os.environ, "TMPDIR": str(scratch)})
     # (torch keeps its own compile cache there, on purpose)
     assert not list(scratch.glob("hf_finetune_benchmark_*")), "the benchmark's work folder must not outlive it"
     text = output.read_text()
@@ -42,8 +54,8 @@ def test_benchmark_compares_both_loaders_at_each_scale_and_appends_its_command(t
 def test_benchmark_trains_the_chapters_loop_and_ours_side_by_side(tmp_path):
     photos = make_image_folder(tmp_path / "photos", per_class=(4, 2), size=(120, 90))
     output = tmp_path / "BENCHMARKS.md"
-    run_script("benchmark.py", "--data-dir", photos, *QUICK[:-4], "--scales", "1", "--epochs", "2",
-               "--train-images", "8", "--no-compile", "--accuracy-seeds", "0", "--output", output)
+    run_benchmark("--data-dir", photos, *QUICK[:-4], "--scales", "1", "--epochs", "2",
+                  "--train-images", "8", "--no-compile", "--accuracy-seeds", "0", "--output", output)
     rows = _rows(output.read_text(), "chapter-style") + _rows(output.read_text(), "hf_finetune")
     assert [row[0] for row in rows] == ["chapter-style: fp32, NCHW, decode every epoch",
                                         "hf_finetune: cache, channels_last, bf16"]
@@ -55,6 +67,6 @@ def test_benchmark_trains_the_chapters_loop_and_ours_side_by_side(tmp_path):
 
 def test_benchmark_refuses_a_folder_without_train_and_eval_splits(tmp_path):
     flat = make_image_folder(tmp_path / "flat", per_class=(4,), splits=(None,))
-    result = run_script("benchmark.py", "--data-dir", flat, *QUICK, "--output", "", check=False)
+    result = run_benchmark("--data-dir", flat, *QUICK, "--output", "", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "expected train/<class>/ and one of val/validation/valid/test/<class>/" in result.stderr

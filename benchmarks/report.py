@@ -1,0 +1,39 @@
+"""What a run section records besides its tables (the machine, the load) and how it is collected."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from pathlib import Path
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor())
+    import torch
+
+    amx = ", AMX-BF16" if "amx_bf16" in cpuinfo else ""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return (f"{len(os.sched_getaffinity(0))} cores, {model}, torch {torch.__version__}, "
+            f"{torch.backends.cpu.get_cpu_capability()}{amx}, {memory:.0f} GiB RAM")
+
+
+def load() -> str:
+    return "/".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def median_after_first(values: list[float]) -> float:
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+class Report:
+    """The lines of one run section: each is printed as it comes (a full run takes ~15 min) and kept."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+
+    def say(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
