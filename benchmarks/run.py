@@ -27,7 +27,7 @@ from pathlib import Path
 from benchmarks import REPO
 from benchmarks.accuracy import accuracy_section
 from benchmarks.loader import loader_section
-from benchmarks.photos import HOTDOG_MINI, eval_folder, upscaled_photos
+from benchmarks.photos import HOTDOG_MINI, photo_splits, upscaled_photos
 from benchmarks.report import Report, load, machine
 from benchmarks.training import training_section
 
@@ -37,7 +37,7 @@ def benchmark(args, work: Path) -> list[str]:
 
     ours = default_num_workers(1)
     photos = Path(args.data_dir) if args.data_dir else upscaled_photos(HOTDOG_MINI, work / "photos")
-    eval_folder(photos)  # a wrong --data-dir fails now, with what it should hold
+    photo_splits(photos)  # a wrong --data-dir fails now, with what it should hold
     base = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, seed=0)
     report = Report([f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
                      f"- command: `python -m benchmarks.run {shlex.join(sys.argv[1:])}`",

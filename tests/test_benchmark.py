@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT, make_image_folder
 
 QUICK = ["--model", "test_resnet", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--loader-epochs", "2",
@@ -65,8 +66,10 @@ def test_benchmark_trains_the_chapters_loop_and_ours_side_by_side(tmp_path):
         assert float(row[2]) >= 0 and float(row[4]) > 0 and len(row[6].split(", ")) == 2  # accuracy per epoch
 
 
-def test_benchmark_refuses_a_folder_without_train_and_eval_splits(tmp_path):
-    flat = make_image_folder(tmp_path / "flat", per_class=(4,), splits=(None,))
-    result = run_benchmark("--data-dir", flat, *QUICK, "--output", "", check=False)
+@pytest.mark.parametrize("layout", ["flat", "train only", "val only", "missing"])
+def test_benchmark_refuses_a_folder_without_train_and_eval_splits(tmp_path, layout):
+    splits = {"flat": (None,), "train only": ("train",), "val only": ("val",), "missing": ()}[layout]
+    folder = make_image_folder(tmp_path / "photos", per_class=(4,), splits=splits)
+    result = run_benchmark("--data-dir", folder, *QUICK, "--output", "", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "expected train/<class>/ and one of val/validation/valid/test/<class>/" in result.stderr
