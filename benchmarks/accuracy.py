@@ -19,14 +19,17 @@ def accuracy_section(report: Report, args, photos: Path, work: Path, base: dict,
     report.say(f"| accuracy: {LITE0.name} pretrained, {args.accuracy_img_size} px, {args.accuracy_epochs} epochs, "
                "batch 32, SGD momentum 0.9 | final eval accuracy per seed | mean | epoch seconds (median) |")
     report.say("|---|---|---|---|")
-    for name, overrides in (("fast: cache, channels_last, bf16", {"mixed_precision": "bf16"}),
-                            ("plain: --no-cache, NCHW, fp32", {"cache": False, "channels_last": False})):
+    # fp32 named explicitly for the plain runs: the default, `auto`, is bf16 on a CPU with native bf16.
+    for label, overrides in (("fast: cache, channels_last, {precision} (auto)", {"mixed_precision": "auto"}),
+                             ("plain: --no-cache, NCHW, {precision}", {"cache": False, "channels_last": False,
+                                                                       "mixed_precision": "no"})):
         results = [measure_isolated({**spec, "seed": seed, "measure": "our_training",
                                      "overrides": {**overrides, "momentum": 0.9, "num_workers": ours}})
                    for seed in range(args.accuracy_seeds)]
         final = [result["epochs"][-1]["eval_acc"] for result in results]
         seconds = statistics.median(median_after_first([epoch["seconds"] for epoch in result["epochs"]])
                                     for result in results)
+        name = label.format(precision="/".join(sorted({result["precision"] for result in results})))
         report.say(f"| {name} | {', '.join(f'{acc:.3f}' for acc in final)} | {statistics.mean(final):.3f} | "
                    f"{seconds:.1f} |")
     report.say()

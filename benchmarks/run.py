@@ -9,7 +9,8 @@ Every configuration runs in its own subprocess, so its peak RSS is its own. Repo
     cache + uint8 v2 augmentation, uint8 batches), also counting the float conversion + normalization our
     training step does on the batch's device; the one-time cache build;
 (b) training epoch wall time (train + eval pass): chapter-style (fp32, NCHW, decode every epoch) vs
-    hf_finetune's own `finetune` (cache, channels_last, bf16 autocast), also with --compile;
+    hf_finetune's own `finetune` (cache, channels_last, and the precision `--mixed-precision auto` picks here:
+    bf16 autocast on a CPU with native bf16, fp32 elsewhere), also with --compile;
 (c) peak RSS of each configuration's process tree, and its anonymous (non file-backed) part;
 (d) ours with 0/1/2 workers, and both pipelines at 1x/4x/16x the images (symlinked copies).
 Results print as ratios and are appended to BENCHMARKS.md with the command, machine, date and load.

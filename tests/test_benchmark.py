@@ -11,6 +11,8 @@ import sys
 import pytest
 from conftest import REPO_ROOT, make_image_folder
 
+from hf_finetune.hardware import machine_precision
+
 QUICK = ["--model", "test_resnet", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--loader-epochs", "2",
          "--epochs", "0", "--accuracy-seeds", "0"]
 
@@ -52,18 +54,27 @@ def test_benchmark_compares_both_loaders_at_each_scale_and_appends_its_command(t
     assert [row[1] for row in builds] == ["16", "28"]  # train + the 4 test images, decoded once
 
 
-def test_benchmark_trains_the_chapters_loop_and_ours_side_by_side(tmp_path):
+def test_benchmark_trains_the_chapters_loop_and_ours_side_by_side_in_the_precision_a_run_picks(tmp_path):
     photos = make_image_folder(tmp_path / "photos", per_class=(4, 2), size=(120, 90))
     output = tmp_path / "BENCHMARKS.md"
     run_benchmark("--data-dir", photos, *QUICK[:-4], "--scales", "1", "--epochs", "2",
-                  "--train-images", "8", "--no-compile", "--accuracy-seeds", "0", "--output", output)
-    rows = _rows(output.read_text(), "chapter-style") + _rows(output.read_text(), "hf_finetune")
+                  "--train-images", "8", "--no-compile", "--accuracy-seeds", "1", "--accuracy-epochs", "1",
+                  "--accuracy-img-size", "64", "--output", output)
+    text = output.read_text()
+    rows = _rows(text, "chapter-style") + _rows(text, "hf_finetune")
+    precision = machine_precision("auto").name  # what a run picks here: bf16 only with native bf16
     assert [row[0] for row in rows] == ["chapter-style: fp32, NCHW, decode every epoch",
-                                        "hf_finetune: cache, channels_last, bf16"]
+                                        f"hf_finetune: cache, channels_last, {precision} (auto)"]
     assert rows[0][3] == rows[0][5] == "1.00x"  # the chapter is the baseline of both ratios
     for row in rows:
         # Seconds print to 0.1 s: a tiny epoch can read 0.0. Images/s cannot.
         assert float(row[2]) >= 0 and float(row[4]) > 0 and len(row[6].split(", ")) == 2  # accuracy per epoch
+    # The accuracy table: ours at its default precision against plain fp32 (which must ask for fp32: the default,
+    # auto, is bf16 on a CPU with native bf16), each named by the precision its run recorded.
+    accuracy = _rows(text, "fast") + _rows(text, "plain")
+    assert [row[0] for row in accuracy] == [f"fast: cache, channels_last, {precision} (auto)",
+                                            "plain: --no-cache, NCHW, fp32"]
+    assert all(0 <= float(row[2]) <= 1 for row in accuracy)  # the mean final accuracy of the one seed
 
 
 @pytest.mark.parametrize("layout", ["flat", "train only", "val only", "missing"])
