@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT, make_image_folder
 
-from hf_finetune.hardware import machine_precision
+from hf_finetune.hardware import cpu_has_native_bf16, cpu_model, machine_precision
 
 QUICK = ["--model", "test_resnet", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--loader-epochs", "2",
          "--epochs", "0", "--accuracy-seeds", "0"]
@@ -43,7 +43,9 @@ def test_benchmark_compares_both_loaders_at_each_scale_and_appends_its_command(t
     assert not list(scratch.glob("hf_finetune_benchmark_*")), "the benchmark's work folder must not outlive it"
     text = output.read_text()
     assert text.startswith("# earlier runs\n")  # appended, not overwritten
-    assert f"--data-dir {photos}" in text and "- machine: " in text and "load average" in text
+    assert f"--data-dir {photos}" in text and "load average" in text
+    machine = next(line for line in text.splitlines() if line.startswith("- machine: "))
+    assert cpu_model() in machine and f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'}," in machine
     loaders = _rows(text, "chapter") + _rows(text, "ours")
     assert sorted((row[0], row[1]) for row in loaders) == [("chapter", "12 (1x)"), ("chapter", "24 (2x)"),
                                                            ("ours", "12 (1x)"), ("ours", "24 (2x)")]
