@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shlex
 import statistics
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -38,3 +41,17 @@ class Report:
     def say(self, line: str = "") -> None:
         print(line, flush=True)
         self.lines.append(line)
+
+
+def section_header(module: str, title: str = "") -> list[str]:
+    """The lines that open a run section in BENCHMARKS.md: date, the command that wrote it, machine, load."""
+    return [f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC{f' ({title})' if title else ''}", "",
+            f"- command: `{shlex.join(['python', '-m', module, *sys.argv[1:]])}`",
+            f"- machine: {machine()}", f"- load average (1/5/15 min) at start: {load()}"]
+
+
+def append_section(output: str, lines: list[str]) -> None:
+    """Add a run section to the end of BENCHMARKS.md (or another file); '' writes nothing."""
+    if output:
+        with open(output, "a") as file:
+            file.write("\n".join(lines) + "\n")

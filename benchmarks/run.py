@@ -19,17 +19,14 @@ Results print as ratios and are appended to BENCHMARKS.md with the command, mach
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks import REPO
 from benchmarks.accuracy import accuracy_section
 from benchmarks.loader import loader_section
 from benchmarks.photos import HOTDOG_MINI, photo_splits, upscaled_photos
-from benchmarks.report import Report, load, machine
+from benchmarks.report import Report, append_section, load, section_header
 from benchmarks.training import training_section
 
 
@@ -40,9 +37,7 @@ def benchmark(args, work: Path) -> list[str]:
     photos = Path(args.data_dir) if args.data_dir else upscaled_photos(HOTDOG_MINI, work / "photos")
     photo_splits(photos)  # a wrong --data-dir fails now, with what it should hold
     base = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, seed=0)
-    report = Report([f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
-                     f"- command: `python -m benchmarks.run {shlex.join(sys.argv[1:])}`",
-                     f"- machine: {machine()}", f"- load average (1/5/15 min) at start: {load()}",
+    report = Report([*section_header("benchmarks.run"),
                      f"- data: {photos if args.data_dir else 'hotdog-mini upscaled to 300-600 px shorter sides'}; "
                      f"model {args.model} at {args.img_size} px, batch {args.batch_size}; our default workers: {ours}",
                      ""])
@@ -86,9 +81,7 @@ def main() -> None:
     # Upscaled and replicated photos plus their caches take ~1-2 GB: gone when the run ends, however it ends.
     with tempfile.TemporaryDirectory(prefix="hf_finetune_benchmark_") as work:
         lines = benchmark(args, Path(work))
-    if args.output:
-        with open(args.output, "a") as file:
-            file.write("\n".join(lines) + "\n")
+    append_section(args.output, lines)
 
 
 if __name__ == "__main__":

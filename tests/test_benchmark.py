@@ -1,5 +1,5 @@
-"""`python -m benchmarks.run` runs on any photo folder and records what it measured (not how fast: that is
-BENCHMARKS.md)."""
+"""`python -m benchmarks.run` runs on any photo folder and records what it measured, `python -m benchmarks.precision`
+times each number format; both with the machine they ran on (not how fast: that is BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ QUICK = ["--model", "test_resnet", "--img-size", "64", "--batch-size", "8", "--w
          "--epochs", "0", "--accuracy-seeds", "0"]
 
 
-def run_benchmark(*args, env=None, check=True) -> subprocess.CompletedProcess:
-    """`python -m benchmarks.run ARGS` from the checkout, as the README says to run it."""
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run", *map(str, args)], cwd=REPO_ROOT,
+def run_benchmark(*args, module="benchmarks.run", env=None, check=True) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` from the checkout, as the README says to run it."""
+    result = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO_ROOT,
                             capture_output=True, text=True, env=env or os.environ.copy(), timeout=900)
     if check and result.returncode != 0:
-        raise AssertionError(f"benchmark exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(f"{module} exited {result.returncode}\nstdout:\n{result.stdout}\n"
+                             f"stderr:\n{result.stderr}")
     return result
 
 
@@ -86,3 +87,22 @@ def test_benchmark_refuses_a_folder_without_train_and_eval_splits(tmp_path, layo
     result = run_benchmark("--data-dir", folder, *QUICK, "--output", "", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "expected train/<class>/ and one of val/validation/valid/test/<class>/" in result.stderr
+
+
+def test_precision_benchmark_times_every_format_and_names_the_cpu_and_what_auto_picks(tmp_path):
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text("# earlier runs\n")
+    run_benchmark("--model", "test_resnet", "--img-size", "32", "--batch-size", "4", "--steps", "2",
+                  "--output", output, module="benchmarks.precision")
+    text = output.read_text()
+    assert text.startswith("# earlier runs\n")  # appended, not overwritten
+    assert "- command: `python -m benchmarks.precision --model test_resnet" in text and "--steps 2" in text
+    machine = next(line for line in text.splitlines() if line.startswith("- machine: "))
+    assert cpu_model() in machine and f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'}," in machine
+    assert "load average (1/5/15 min) at start" in text and "load average (1/5/15 min) at end" in text
+    assert f"- `--mixed-precision auto` picks here: {machine_precision('auto').describe()}" in text
+    rows = _rows(text, "fp32") + _rows(text, "bf16")
+    assert [row[0] for row in rows] == ["fp32 NCHW", "fp32 channels_last", "bf16 NCHW", "bf16 channels_last"]
+    baseline = float(rows[0][1])
+    for name, rate, ratio in rows:
+        assert float(rate) > 0 and float(ratio.rstrip("x")) == pytest.approx(float(rate) / baseline, rel=0.05, abs=0.01)
