@@ -57,8 +57,13 @@ class Precision:
     reason: str
     slow_warning: Optional[str] = None  # set when an explicit choice is known to be slow on this machine
 
+    @property
+    def name(self) -> str:
+        """"fp32", "bf16" or "fp16": what the run computes in, as people name it."""
+        return "fp32" if self.mixed_precision == "no" else self.mixed_precision
+
     def describe(self) -> str:
-        return f"{'fp32' if self.mixed_precision == 'no' else self.mixed_precision} ({self.reason})"
+        return f"{self.name} ({self.reason})"
 
 
 def resolve_precision(requested: str, device_type: str, bf16_supported: bool) -> Precision:

@@ -23,6 +23,12 @@ def test_auto_picks_bf16_only_where_it_runs_natively(device, bf16_supported, exp
     assert precision.reason.startswith("auto: ") and precision.slow_warning is None
 
 
+@pytest.mark.parametrize("mixed_precision, name", [("no", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")])
+def test_a_precision_is_named_as_people_name_it(mixed_precision, name):
+    precision = resolve_precision(mixed_precision, "cpu", bf16_supported=True)
+    assert precision.name == name and precision.describe() == f"{name} (as asked)"
+
+
 @pytest.mark.parametrize("requested", ["no", "bf16", "fp16"])
 def test_an_explicit_choice_is_kept(requested):
     for device, supported in (("cpu", True), ("cuda", True), ("cuda", False)):
