@@ -73,6 +73,13 @@ def _check_model_name(name: str) -> None:
     raise UserError(f"unknown model {name!r}; {hint}")
 
 
+def _constructor_size(model: nn.Module, img_size: Optional[int]) -> dict:
+    """`img_size` for a constructor that builds the input size in (a ViT's position embedding, resampled from
+    the pretrained one by timm); a CNN takes any size, and its constructor has no such argument. Other sizes
+    reach the data config through pretrained_cfg (create_classifier)."""
+    return {"img_size": img_size} if img_size and model.pretrained_cfg.get("fixed_input_size") else {}
+
+
 def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -90,20 +97,19 @@ def _create_source_model(name: str, pretrained: bool, pretrained_path: Optional[
     if not pretrained_path:
         try:
             model = timm.create_model(name, pretrained=pretrained)
-            if img_size and model.pretrained_cfg.get("fixed_input_size"):
-                # e.g. ViTs: the position embedding must be built (and resampled) for the new size.
-                model = timm.create_model(name, pretrained=pretrained, img_size=img_size)
-            return model
+            size = _constructor_size(model, img_size)
+            return timm.create_model(name, pretrained=pretrained, **size) if size else model
         except Exception as error:  # timm/hub raise many types: bad tag, offline, missing files
             raise UserError(f"could not create {name!r} (pretrained={pretrained}): {first_line(error)}; check the name and "
                             "tag, pass --pretrained-path FILE, or --no-pretrained") from None
     state = _load_weights_file(pretrained_path)
-    model = timm.create_model(name, pretrained=False, **({"img_size": img_size} if img_size else {}))
+    model = timm.create_model(name, pretrained=False)
+    size = _constructor_size(model, img_size)
     # The file's classifier may have any number of classes (e.g. a previous fine-tune): size the head to it.
     head_weight = state.get(f"{classifier_names(model)[0]}.weight")
-    if head_weight is not None and head_weight.shape[0] != model.num_classes:
-        model = timm.create_model(name, pretrained=False, num_classes=head_weight.shape[0],
-                                  **({"img_size": img_size} if img_size else {}))
+    num_classes = model.num_classes if head_weight is None else head_weight.shape[0]
+    if size or num_classes != model.num_classes:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **size)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -91,6 +91,17 @@ def test_pretrained_path_loads_safetensors_and_state_dict_files(tmp_path):
         assert torch.equal(source.classifier_state["fc.weight"], trained.fc.weight)
 
 
+def test_pretrained_path_with_img_size_on_a_cnn(tmp_path):
+    from safetensors.torch import save_file
+    from timm.data import resolve_model_data_config
+
+    trained, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, tmp_path / "w.safetensors")
+    model, _ = create_classifier("test_resnet", LABELS, pretrained_path=str(tmp_path / "w.safetensors"), img_size=96)
+    assert resolve_model_data_config(model)["input_size"] == (3, 96, 96)
+    assert torch.equal(model.state_dict()["conv1.0.weight"], trained.state_dict()["conv1.0.weight"])
+
+
 def test_pretrained_path_of_another_architecture_is_refused(tmp_path):
     from safetensors.torch import save_file
 
