@@ -17,11 +17,11 @@ def main() -> None:
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
 
-    from hf_finetune.predict import load_classifier, open_rgb, predict
+    from hf_finetune.predict import load_classifier, predict
 
     classifier = load_classifier(args.model)
-    images = [open_rgb(path) for path in args.images]  # every file checked before any output
-    for path, top in zip(args.images, predict(classifier, images, args.top_k)):
+    # predict decodes every file (as training's evaluation does) before any output.
+    for path, top in zip(args.images, predict(classifier, args.images, args.top_k)):
         print(path)
         for label, probability in top:
             print(f"  {probability:.4f}  {label}")
