@@ -46,7 +46,11 @@ class ImageSettings:
     def from_model(cls, model: nn.Module) -> "ImageSettings":
         from timm.data import resolve_model_data_config
 
-        config = resolve_model_data_config(model)
+        return cls.from_data_config(resolve_model_data_config(model))
+
+    @classmethod
+    def from_data_config(cls, config: dict) -> "ImageSettings":
+        """From timm's data config keys: input_size (C, H, W), crop_pct, crop_mode, interpolation, mean, std."""
         crop_mode = config.get("crop_mode") or "center"
         if crop_mode not in CROP_MODES:
             raise UserError(f"the model's data config has crop_mode {crop_mode!r}; supported: {', '.join(CROP_MODES)}")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import UserError, first_line
+from .hardware import one_thread
 from .images import BadImageError
 from .preprocess import EvalPreprocess, ImageInput
 
@@ -61,7 +62,9 @@ def predict(classifier: Classifier, images: Sequence[ImageInput], top_k: int = 5
     """For each image (a path or a PIL image), the `top_k` (label, probability) pairs, most likely first."""
     if not images:
         return []
-    batch = classifier.transform.normalize(torch.stack([eval_crop(classifier.transform, image) for image in images]))
+    with one_thread():
+        crops = [eval_crop(classifier.transform, image) for image in images]
+    batch = classifier.transform.normalize(torch.stack(crops))
     with torch.no_grad():
         logits = classifier.model(batch)
     return top_labels(logits, classifier.label_names, top_k)

@@ -34,17 +34,16 @@ class EvalPreprocess:
         return cls(ImageSettings.from_model(model))
 
     def crop(self, image: ImageInput) -> torch.Tensor:
-        """The eval crop of a file path or PIL image; BadImageError (with the reason) when it is unusable."""
+        """The eval crop of a file path or PIL image; BadImageError (with the reason) when it is unusable.
+        Per-image work: run it under hardware.one_thread(), as the eval loader does (callers decoding on
+        several threads set it once around them all: torch's thread count is global to the process)."""
         pixels = decode_for_model(image_source(image), self.settings)
-        with one_thread():  # per-image work, as in the eval loader
-            return self.eval_transform(torch.from_numpy(pixels).permute(2, 0, 1))
-
-    def batch(self, images: list) -> torch.Tensor:
-        """The model's float input for `images` (their crops stacked and normalized)."""
-        return self.normalize(torch.stack([self.crop(image) for image in images]))
+        return self.eval_transform(torch.from_numpy(pixels).permute(2, 0, 1))
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
-        return self.normalize(self.crop(image).unsqueeze(0))[0]
+        with one_thread():
+            crop = self.crop(image)
+        return self.normalize(crop.unsqueeze(0))[0]
 
 
 def image_source(image: ImageInput):
