@@ -36,6 +36,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    from tqdm.auto import tqdm
+
     from hf_finetune.batch_predict import Failure, TorchRunner, expand_inputs, predict_files, write_predictions
 
     if args.onnx:
@@ -54,7 +56,7 @@ def main() -> None:
                                 progress=args.output is not None):
         if isinstance(result, Failure):
             failures.append(result)
-            print(f"skipping {result.path}: {result.reason}", file=sys.stderr)
+            tqdm.write(f"skipping {result.path}: {result.reason}", file=sys.stderr)  # on its own line, not the bar's
         elif args.output:
             predictions.append(result)
         else:

@@ -97,12 +97,13 @@ def test_predict_script_prints_the_same_top_k(pushed, images, hub_env):
     assert printed == [[[f"{p:.4f}", label] for label, p in top] for top in expected]
 
 
-def test_predict_script_names_an_unreadable_image(pushed, images, tmp_path, hub_env):
+def test_predict_script_skips_an_unreadable_image_names_it_and_exits_1(pushed, images, tmp_path, hub_env):
     broken = tmp_path / "lunch.jpg"
     broken.write_text("not a picture")
     result = run_script("predict.py", pushed, images[0], broken, env=hub_env, check=False)
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip() == f"error: cannot read image {broken}: not an image PIL can read"
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == str(images[0]) and str(broken) not in result.stdout
+    assert f"skipping {broken}: not an image PIL can read" in result.stderr.splitlines()
 
 
 def test_images_are_upright_rgb_as_in_training(pushed, images, tmp_path):
