@@ -22,23 +22,24 @@ TAGS = ["image-classification", "timm", "transformers", "hf_finetune"]
 PATH_OPTIONS = {"data_dir", "cache_dir", "pretrained_path", "output_dir", "resume", "config", "label_map"}
 
 
-def write_model_card(output_dir: Path, repo_id: Optional[str] = None) -> Path:
-    """Write OUTPUT_DIR/README.md; without `repo_id` the snippets name a placeholder repo."""
+def write_model_card(output_dir: Path, repo_id: Optional[str] = None, onnx: bool = False) -> Path:
+    """Write OUTPUT_DIR/README.md; without `repo_id` the snippets name a placeholder repo. `onnx`: the repo
+    holds the ONNX export (model.onnx + preprocessor.json), and the card shows how to run it."""
     output_dir = Path(output_dir)
-    card = render_model_card(output_dir, repo_id)
+    card = render_model_card(output_dir, repo_id, onnx)
     path = output_dir / "README.md"
     write_text(path, str(card))
     return path
 
 
-def render_model_card(output_dir: Path, repo_id: Optional[str] = None):
+def render_model_card(output_dir: Path, repo_id: Optional[str] = None, onnx: bool = False):
     """The huggingface_hub ModelCard of the run in OUTPUT_DIR (not written anywhere)."""
     from huggingface_hub import ModelCard
 
     run, metrics = read_run_records(output_dir)
     repo_id = repo_id or f"your-username/{Path(output_dir).resolve().name}"
     return ModelCard.from_template(_card_data(run, metrics, repo_id), template_path=str(find_template()),
-                                   **_template_context(run, metrics, repo_id, Path(output_dir)))
+                                   onnx=onnx, **_template_context(run, metrics, repo_id, Path(output_dir)))
 
 
 def _card_data(run: dict, metrics: dict, repo_id: str):

@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import torch
 
@@ -54,6 +54,29 @@ def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
         commit_message=f"Upload fine-tuned model (eval accuracy {final['eval_acc']:.4f})",
     ))
     verify_pushed(output_dir, repo_id, commit.oid)
+    return commit.commit_url
+
+
+def push_onnx(export_dir: Path, repo_id: str, run_dir: Optional[Path] = None) -> str:
+    """Add EXPORT_DIR's model.onnx + preprocessor.json to `repo_id` in one commit, with the run's model card
+    regenerated to show onnxruntime usage when `run_dir` (a finished run) is given; the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from .onnx_model import ONNX_FILE, PREPROCESSOR_FILE
+
+    export_dir = Path(export_dir)
+    check_push_possible(repo_id)
+    files = {name: export_dir / name for name in (ONNX_FILE, PREPROCESSOR_FILE)}
+    if run_dir is not None:
+        files["README.md"] = write_model_card(run_dir, repo_id, onnx=True)
+    api = HfApi()
+    retry_command = f"python scripts/export.py {run_dir or export_dir} --format onnx --push-to-hub {repo_id}"
+    if not _with_retries(f"find the Hub repo {repo_id}", retry_command, lambda: api.repo_exists(repo_id)):
+        raise UserError(f"no model repo {repo_id} on the Hub (or no access to it): push the model first "
+                        f"(scripts/push.py), then its ONNX export")
+    commit = _with_retries(f"upload the ONNX export to {repo_id}", retry_command, lambda: api.create_commit(
+        repo_id, [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in files.items()],
+        commit_message="Add ONNX export (model.onnx + preprocessor.json), checked against onnxruntime"))
     return commit.commit_url
 
 

@@ -3,7 +3,7 @@
 Real folders hold files that PIL half-reads. It decodes lazily, so a truncated JPEG opens fine and fails
 mid-epoch; `convert("RGB")` clips 16-bit PNGs to white and shows the colour hidden under transparent
 pixels; phone photos lie on their side until EXIF is applied. `load_rgb` handles each case or raises
-`BadImageError` with a one-line reason, and is the only decoder both the cache and `--no-cache` use.
+`BadImageError` with a one-line reason, and is the only decoder the cache, `--no-cache` and prediction use.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -46,7 +46,11 @@ class ImageSettings:
     def from_model(cls, model: nn.Module) -> "ImageSettings":
         from timm.data import resolve_model_data_config
 
-        config = resolve_model_data_config(model)
+        return cls.from_data_config(resolve_model_data_config(model))
+
+    @classmethod
+    def from_data_config(cls, config: dict) -> "ImageSettings":
+        """From timm's data config keys: input_size (C, H, W), crop_pct, crop_mode, interpolation, mean, std."""
         crop_mode = config.get("crop_mode") or "center"
         if crop_mode not in CROP_MODES:
             raise UserError(f"the model's data config has crop_mode {crop_mode!r}; supported: {', '.join(CROP_MODES)}")
@@ -68,9 +72,10 @@ class ImageSettings:
         return max(*self.input_size, *self.scale_size)
 
 
-def load_rgb(image: dict, short_side: Optional[int] = None, interpolation: str = "bicubic") -> np.ndarray:
-    """Fully decode an undecoded datasets image ({"bytes", "path"}) into HWC uint8 RGB, upright, its shorter
-    side reduced to `short_side` (never enlarged). Raises BadImageError for anything unusable."""
+def load_rgb(image: Union[dict, Image.Image], short_side: Optional[int] = None,
+             interpolation: str = "bicubic") -> np.ndarray:
+    """Fully decode an undecoded datasets image ({"bytes", "path"}) or a PIL image into HWC uint8 RGB, upright,
+    its shorter side reduced to `short_side` (never enlarged). Raises BadImageError for anything unusable."""
     try:
         with _open(image) as opened:
             if short_side:
@@ -97,7 +102,15 @@ def load_rgb(image: dict, short_side: Optional[int] = None, interpolation: str =
     return pixels
 
 
-def _open(image: dict) -> Image.Image:
+def decode_for_model(image: Union[dict, Image.Image], settings: ImageSettings) -> np.ndarray:
+    """What the decode-once cache stores (and --no-cache and prediction decode): `load_rgb` at the size the
+    model's transforms start from."""
+    return load_rgb(image, settings.short_side, settings.interpolation)
+
+
+def _open(image: Union[dict, Image.Image]) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.copy()  # load_rgb transposes and closes what it opens: the caller's image stays as it is
     data, path = image.get("bytes"), image.get("path")
     if data is None and path is None:
         raise BadImageError("no image data")

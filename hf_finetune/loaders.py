@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import ImageData
 from .hardware import available_cpus, one_thread
-from .images import ImageSettings, load_rgb
+from .images import ImageSettings, decode_for_model
 from .sampling import EpochShuffleSampler, SeededAugmentation
 
 
@@ -101,7 +101,7 @@ class ImageSamples(Dataset):
             # HWC bytes viewed as CHW: channels-last strides are what torch's uint8 resize kernels are fastest on.
             pixels = np.frombuffer(row["pixels"], np.uint8).reshape(row["height"], row["width"], 3).copy()
         else:
-            pixels = load_rgb(row["image"], self.settings.short_side, self.settings.interpolation)
+            pixels = decode_for_model(row["image"], self.settings)
         with one_thread():
             return {"pixel_values": self.transform(torch.from_numpy(pixels).permute(2, 0, 1)), "label": row["label"]}
 

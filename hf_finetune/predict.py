@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .errors import UserError, first_line
-
-ImageInput = Union[str, Path, "PIL.Image.Image"]  # noqa: F821 (PIL is imported lazily)
+from .hardware import one_thread
+from .images import BadImageError
+from .preprocess import EvalPreprocess, ImageInput
 
 
 @dataclass
 class Classifier:
     model: nn.Module  # in eval mode
-    transform: Callable  # the model's own eval transform: resize by crop_pct, center crop, normalize
+    # Training's evaluation preprocessing (decoder, uint8 resize by crop_pct + center crop, Normalize):
+    # transform(image) is one image's float input, transform.crop / transform.normalize the batched steps.
+    transform: EvalPreprocess
     label_names: list[str]
 
 
@@ -37,7 +40,6 @@ def load_classifier(name_or_path: Union[str, Path], cache_dir: Optional[Path] = 
     """The model with its eval transform and label names; `cache_dir` forces a download into that folder."""
     import timm
     from huggingface_hub.errors import RepositoryNotFoundError
-    from timm.data import create_transform, resolve_model_data_config
 
     name = timm_model_name(name_or_path)
     try:
@@ -53,31 +55,45 @@ def load_classifier(name_or_path: Union[str, Path], cache_dir: Optional[Path] = 
     label_names = list(model.pretrained_cfg.get("label_names") or [])
     if len(label_names) != model.num_classes:
         label_names = [str(index) for index in range(model.num_classes)]  # a model saved without its labels
-    transform = create_transform(**resolve_model_data_config(model), is_training=False)
-    return Classifier(model=model, transform=transform, label_names=label_names)
+    return Classifier(model=model, transform=EvalPreprocess.for_model(model), label_names=label_names)
 
 
 def predict(classifier: Classifier, images: Sequence[ImageInput], top_k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each image, the `top_k` (label, probability) pairs, most likely first."""
+    """For each image (a path or a PIL image), the `top_k` (label, probability) pairs, most likely first."""
     if not images:
         return []
-    batch = torch.stack([classifier.transform(open_rgb(image)) for image in images])
+    with one_thread():
+        crops = [eval_crop(classifier.transform, image) for image in images]
+    batch = classifier.transform.normalize(torch.stack(crops))
     with torch.no_grad():
-        probabilities = classifier.model(batch).softmax(dim=-1)
+        logits = classifier.model(batch)
+    return top_labels(logits, classifier.label_names, top_k)
+
+
+def top_labels(logits: torch.Tensor, label_names: list[str], top_k: int) -> list[list[tuple[str, float]]]:
+    """Per row of logits, the `top_k` (label, probability) pairs, most likely first."""
+    probabilities = torch.as_tensor(logits).float().softmax(dim=-1)
     values, indices = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
-    return [[(classifier.label_names[index], float(value)) for value, index in zip(row_values, row_indices)]
+    return [[(label_names[index], float(value)) for value, index in zip(row_values, row_indices)]
             for row_values, row_indices in zip(values.tolist(), indices.tolist())]
 
 
-def open_rgb(image: ImageInput):
-    """An RGB PIL image, upright per its EXIF orientation as `datasets` decodes training images."""
-    from PIL import Image, ImageOps
-
-    if isinstance(image, Image.Image):
-        return ImageOps.exif_transpose(image).convert("RGB")
+def eval_crop(preprocess: EvalPreprocess, image: ImageInput) -> torch.Tensor:
+    """The image's eval crop; a UserError naming the file when it cannot be read."""
     try:
-        with Image.open(image) as opened:
-            return ImageOps.exif_transpose(opened).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise UserError(f"cannot read image {image}: {first_line(error)}") from None
+        return preprocess.crop(image)
+    except BadImageError as error:
+        raise UserError(f"cannot read image {image}: {error}") from None
 
+
+def open_rgb(image: ImageInput):
+    """An upright RGB PIL image, decoded as training decodes it (`images.load_rgb`, full size)."""
+    from PIL import Image
+
+    from .images import load_rgb
+    from .preprocess import image_source
+
+    try:
+        return Image.fromarray(load_rgb(image_source(image)))
+    except BadImageError as error:
+        raise UserError(f"cannot read image {image}: {error}") from None

@@ -1,0 +1,45 @@
+"""Export a fine-tuned classifier for serving: `python scripts/export.py out --format onnx [--push-to-hub me/model]`."""
+
+import argparse
+from pathlib import Path
+
+from hf_finetune.cli import run_cli
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Export the model to ONNX (dynamic batch axis, the model's own input size) with preprocessor.json "
+                    "(input size, mean/std, interpolation, crop, label names, the exact preprocessing). onnxruntime's "
+                    "logits are checked against PyTorch's before anything is kept. Needs the onnx extra: "
+                    'pip install -e ".[onnx]".')
+    parser.add_argument("source", help="A run's --output-dir, or a Hub id (me/model, hf-hub:me/model).")
+    parser.add_argument("--format", choices=["onnx"], required=True, help="The export format (onnx).")
+    parser.add_argument("--output-dir", type=Path,
+                        help="Where model.onnx and preprocessor.json go (default: SOURCE when it is a folder).")
+    parser.add_argument("--check-images", type=Path, nargs="+",
+                        help="Real images to check the export on (default: the first 3 of the run's data folder).")
+    parser.add_argument("--push-to-hub", metavar="REPO",
+                        help="Add model.onnx + preprocessor.json (and, from a run folder, the card with onnxruntime "
+                             "usage) to this model repo in one commit. The token comes from HF_TOKEN or `hf auth login`.")
+    args = parser.parse_args()
+
+    from hf_finetune.export import export_onnx
+
+    if args.push_to_hub:
+        from hf_finetune.hub import check_push_possible
+
+        check_push_possible(args.push_to_hub)  # a bad repo id or a missing token fails before the export
+    result = export_onnx(args.source, args.output_dir, args.check_images)
+    print(f"exported {result.onnx_path} and {result.preprocessor_path}: onnxruntime matches PyTorch on a fixed batch "
+          f"and {result.checked_images} real image(s) (max abs logit difference {result.max_abs_difference:.2g})")
+    if not result.checked_images:
+        print("note: no real images were checked (pass --check-images)")
+    if args.push_to_hub:
+        from hf_finetune.hub import push_onnx
+
+        run_dir = Path(args.source) if (Path(args.source) / "run_config.json").is_file() else None
+        print(f"pushed: {push_onnx(result.onnx_path.parent, args.push_to_hub, run_dir)}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
