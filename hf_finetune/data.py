@@ -89,7 +89,10 @@ def load_image_folder(root: Path, config: FinetuneConfig) -> ImageData:
             raise UserError(f"eval split {eval_dir} has no images in class folders")
         unknown = sorted(set(eval_classes) - set(classes))
         if unknown:
-            raise UserError(f"{eval_dir} has class folder(s) that train does not: {', '.join(unknown)}")
+            others = [p.name for p in _visible_dirs(root) if p not in (train_dir, eval_dir)]
+            hint = (f"; other folders here: {', '.join(others)} (choose the eval split with --eval-split NAME)"
+                    if others else "")
+            raise UserError(f"{eval_dir} has class folder(s) that train does not: {', '.join(unknown)}{hint}")
         data_files["eval"] = [str(eval_dir / name / "**") for name in eval_classes]
     # drop_labels=False: imagefolder would otherwise skip labels for a single-class split;
     # drop_metadata=True: a stray metadata.csv must not replace the folder labels.
@@ -123,13 +126,13 @@ def load_hub_dataset(config: FinetuneConfig) -> ImageData:
     if eval_name:
         splits["eval"] = loaded[eval_name]
     splits = {key: _canonical_columns(split, config) for key, split in splits.items()}
-    train = splits["train"]
+    train = _class_encoded(splits["train"])
     label_names = train.features["label"].names
     evaluation = splits.get("eval")
     if evaluation is None:
         train, evaluation = _holdout(train, config)
-    elif evaluation.features["label"].names != label_names:
-        raise UserError(f"splits {config.train_split} and {eval_name} of {config.dataset_name} have different labels")
+    else:
+        evaluation = _class_encoded(evaluation, label_names, f"split {eval_name} of {config.dataset_name}")
     return ImageData(train, evaluation, label_names, name=config.dataset_name, eval_split=eval_name or "holdout")
 
 
@@ -147,11 +150,28 @@ def _canonical_columns(split, config: FinetuneConfig):
     image, label = pick(config.image_column, ("image", "img"), "image"), pick(config.label_column,
                                                                              ("label", "labels"), "label")
     split = split.select_columns([image, label]).rename_columns({image: "image", label: "label"})
-    if not isinstance(split.features["label"], datasets.ClassLabel):
-        split = split.class_encode_column("label")
     if not isinstance(split.features["image"], datasets.Image):
         split = split.cast_column("image", datasets.Image())
     return split
+
+
+def _class_encoded(split, label_names: Optional[list[str]] = None, what: str = ""):
+    """The split with a ClassLabel `label`. Without `label_names` (train) string labels become classes in sorted
+    order; with them (eval) they are encoded with train's classes, so an eval split lacking a class still fits."""
+    import datasets
+
+    feature = split.features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        if label_names is not None and feature.names != label_names:
+            raise UserError(f"{what} has labels {feature.names[:5]}..., train {label_names[:5]}...: they must be the "
+                            "same classes in the same order")
+        return split
+    if label_names is None:
+        return split.class_encode_column("label")
+    unknown = sorted(set(map(str, split.unique("label"))) - set(label_names))
+    if unknown:
+        raise UserError(f"{what} has label(s) that train does not: {', '.join(unknown[:10])}")
+    return split.cast_column("label", datasets.ClassLabel(names=label_names))
 
 
 def _holdout(train, config: FinetuneConfig):

@@ -77,6 +77,16 @@ def test_eval_class_unknown_to_train_is_refused(tmp_path):
         load_image_data(FinetuneConfig(data_dir=str(tmp_path)))
 
 
+def test_eval_classes_unlike_train_name_the_other_candidate_splits(tmp_path):
+    """As a new user laid it out: validation/ holds other classes, test/ one extra class."""
+    make_image_folder(tmp_path, classes=("a", "b"), per_class=(2,), splits=("train",))
+    make_image_folder(tmp_path, classes=("x", "y"), per_class=(1,), splits=("validation",))
+    make_image_folder(tmp_path, classes=("a", "b", "c"), per_class=(1,), splits=("test",))
+    with pytest.raises(UserError, match=r"validation has class folder\(s\) that train does not: x, y; other folders "
+                                        r"here: test \(choose the eval split with --eval-split NAME\)"):
+        load_image_data(FinetuneConfig(data_dir=str(tmp_path)))
+
+
 def _zip_of(folder: Path, archive: Path) -> str:
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in folder.rglob("*"):
@@ -135,3 +145,38 @@ def test_hub_dataset_through_the_local_hub(tmp_path, hub):
                                        cache_dir=str(tmp_path / "cache")))
     with pytest.raises(UserError, match="could not load Hub dataset"):
         load_image_data(FinetuneConfig(dataset_name="tester/missing", cache_dir=str(tmp_path / "cache")))
+
+
+def _upload_parquet_dataset(hub, tmp_path, repo_id: str, splits: dict[str, list[str]]) -> None:
+    """A Hub dataset of parquet files whose labels are plain strings (no ClassLabel), one file per split."""
+    import io
+
+    import datasets
+    from huggingface_hub import HfApi
+    from PIL import Image
+
+    folder = tmp_path / repo_id.replace("/", "_")
+    (folder / "data").mkdir(parents=True)
+    for split, labels in splits.items():
+        images = []
+        for index, label in enumerate(labels):
+            buffer = io.BytesIO()
+            Image.new("RGB", (8, 8), (index * 40 % 255, 0, 0)).save(buffer, format="PNG")
+            images.append({"bytes": buffer.getvalue(), "path": None})
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+        datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
+            str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    api = HfApi(endpoint=hub.url, token="hf_test_token")
+    api.create_repo(repo_id, repo_type="dataset")
+    api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset")
+
+
+def test_hub_string_labels_are_encoded_with_the_train_classes(tmp_path, hub):
+    _upload_parquet_dataset(hub, tmp_path, "tester/strings", {"train": ["cow", "ant", "bee", "ant", "cow", "bee"],
+                                                              "test": ["cow", "bee", "cow"]})  # no ant in test
+    data = load_image_data(FinetuneConfig(dataset_name="tester/strings", cache_dir=str(tmp_path / "cache")))
+    assert data.label_names == ["ant", "bee", "cow"]
+    assert data.eval.features["label"].names == data.label_names and data.eval["label"] == [2, 1, 2]
+    _upload_parquet_dataset(hub, tmp_path, "tester/stranger", {"train": ["ant", "bee"], "test": ["bee", "emu"]})
+    with pytest.raises(UserError, match="split test of tester/stranger has label\\(s\\) that train does not: emu"):
+        load_image_data(FinetuneConfig(dataset_name="tester/stranger", cache_dir=str(tmp_path / "cache")))
