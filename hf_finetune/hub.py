@@ -125,13 +125,12 @@ def fixed_batch(model: torch.nn.Module, size: int = 4) -> torch.Tensor:
 
 def _with_retries(action: str, retry_command: str, call: Callable[[], Result]) -> Result:
     """`call()`, retried with backoff on transient Hub errors (5xx, 429, network); UserError when it gives up."""
-    import httpx2  # huggingface_hub's HTTP client: its TransportError is a network failure
-    from huggingface_hub.errors import HfHubHTTPError
-
     for attempt, wait in enumerate((*RETRY_WAITS, None), start=1):
         try:
             return call()
-        except (HfHubHTTPError, httpx2.TransportError) as error:
+        except Exception as error:
+            if not _is_hub_failure(error):
+                raise
             status = _status_of(error)
             if wait is None or (status is not None and status not in TRANSIENT_STATUS):
                 raise UserError(_give_up_message(action, status, _describe(error), attempt, retry_command)) from None
@@ -141,6 +140,18 @@ def _with_retries(action: str, retry_command: str, call: Callable[[], Result]) -
                            attempt, len(RETRY_WAITS))
             time.sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _is_hub_failure(error: Exception) -> bool:
+    """An HTTP error answer of the Hub, or a network failure on the way to it. huggingface_hub raises its own
+    HfHubHTTPError for answers, but lets its HTTP client's errors through for the network (requests', httpx's or
+    httpx2's, by version): those are recognised by the module of the client it uses (`get_session()`), so no
+    particular client is imported here."""
+    from huggingface_hub import get_session
+    from huggingface_hub.errors import HfHubHTTPError
+
+    transport = type(get_session()).__module__.split(".")[0]
+    return isinstance(error, (HfHubHTTPError, ConnectionError)) or type(error).__module__.split(".")[0] == transport
 
 
 def _give_up_message(action: str, status, error_text: str, attempts: int, retry_command: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -12,7 +13,6 @@ import torch
 from torch import nn
 
 from .errors import UserError, first_line
-from .files import write_atomically, write_text
 from .labels import source_label_names
 
 # pretrained_cfg keys that describe the source checkpoint, not the fine-tuned model.
@@ -165,23 +165,26 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_classifier(model: nn.Module, output_dir: Path) -> None:
-    """Write model.safetensors + config.json that timm (`local-dir:`/`hf-hub:`) and transformers both load."""
-    from safetensors.torch import save_file
-    from timm.models._hub import save_config_for_hf
+    """Write model.safetensors + config.json that timm (`local-dir:`/`hf-hub:`) and transformers both load, with
+    timm's public `save_for_hf` into a staging folder, then each file renamed into place."""
+    import copy
+    import tempfile
+
+    from timm.models import save_for_hf
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    # contiguous(): channels_last weights are not contiguous and safetensors refuses them.
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    write_atomically(output_dir / "model.safetensors", lambda path: save_file(state, path, metadata={"format": "pt"}))
-    label_names = model.pretrained_cfg["label_names"]
-    config_path = output_dir / "config.json"
-    write_atomically(config_path, lambda path: save_config_for_hf(model, path,
-                                                                   model_config={"label_names": label_names}))
-    # timm records num_classes in model_args too; transformers' TimmWrapper passes num_classes itself and
-    # fails with "multiple values for keyword argument 'num_classes'". The top-level num_classes suffices.
-    config = json.loads(config_path.read_text())
-    config.get("model_args", {}).pop("num_classes", None)
-    if not config.get("model_args"):
-        config.pop("model_args", None)
-    write_text(config_path, json.dumps(config, indent=2))
-
+    # safetensors refuses non-contiguous tensors, which channels_last weights are: save a contiguous copy.
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as staging:
+        save_for_hf(plain, staging, model_config={"label_names": model.pretrained_cfg["label_names"]},
+                    safe_serialization=True)
+        config_path = Path(staging) / "config.json"
+        # timm records num_classes in model_args too; transformers' TimmWrapper passes num_classes itself and
+        # fails with "multiple values for keyword argument 'num_classes'". The top-level num_classes suffices.
+        config = json.loads(config_path.read_text())
+        config.get("model_args", {}).pop("num_classes", None)
+        if not config.get("model_args"):
+            config.pop("model_args", None)
+        config_path.write_text(json.dumps(config, indent=2))
+        for name in ("model.safetensors", "config.json"):
+            os.replace(Path(staging) / name, output_dir / name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from hf_finetune.config import FinetuneConfig
@@ -29,8 +28,8 @@ def make_finished_run(output_dir: Path, model_name: str = "test_resnet", labels=
     history = [_epoch(1, 0.5833333333333334), _epoch(2, 0.9166666666666666)]
     metrics = {"history": history, "final": {**history[-1], "total_seconds": 3.0}, "devices": ["cpu"],
                "num_processes": 1}
-    config = dataclasses.replace(FinetuneConfig(), model=model_name, data_dir="/home/alice/photos/tiny",
-                                 output_dir=str(output_dir), epochs=2, batch_size=8, seed=seed)
+    config = FinetuneConfig(model=model_name, data_dir="/home/alice/photos/tiny", output_dir=str(output_dir), epochs=2,
+                            batch_size=8, seed=seed).validate()
     run_config = {
         "config": config.to_dict(),
         "command": command or ["/home/alice/work/scripts/finetune.py", "--model", model_name,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
 import torch
-from conftest import HOTDOG_MINI, LITE0_WEIGHTS, make_image_folder, run_script
+from conftest import HOTDOG_MINI, LITE0_WEIGHTS, REPO_ROOT, make_image_folder, run_script
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--batch-size", "4", "--num-workers", "0"]
 
@@ -101,6 +104,26 @@ def test_default_command_offline_fails_fast_naming_data_dir(tmp_path):
                         env={**os.environ, "HF_FINETUNE_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 2 and "--data-dir" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_readmes_main_command_offline_is_one_line_from_us(tmp_path):
+    """README: `accelerate config default` once, then `accelerate launch -q scripts/finetune.py`. Offline, the
+    only line of ours is the error, and the launcher adds no traceback."""
+    accelerate = str(Path(sys.executable).parent / "accelerate")  # the console script of this environment
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_FINETUNE_CACHE": str(tmp_path / "cache")}
+    env.pop("OMP_NUM_THREADS", None)
+    subprocess.run([accelerate, "config", "default"], env=env, check=True, capture_output=True, timeout=120)
+    result = subprocess.run([accelerate, "launch", "-q", str(REPO_ROOT / "scripts" / "finetune.py"), "--output-dir",
+                             str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and lines, result.stderr
+    assert lines[-1].startswith("error: could not download") and "--data-dir" in lines[-1]
+    assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
+    # What else may show is accelerate's notice that it chose the CPU thread count (CPU-only machines; the README
+    # says how to silence it), never its "values were not passed" list of defaults.
+    assert all("num_cpu_threads_per_process" in line or line.startswith(("The following values", "To avoid"))
+               for line in lines[:-1]), lines
+    assert "--num_processes` was set" not in result.stderr
 
 
 def test_no_eval_split_uses_a_seeded_holdout(tmp_path):

@@ -147,3 +147,19 @@ def test_push_script_failure_is_one_line_and_exit_2(hub, hub_env, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: could not create the Hub repo")
     assert "403" in result.stderr and "Traceback" not in result.stderr
     assert {k: v for k, v in digests(run).items() if k != "README.md"} == before
+
+
+def test_an_unreachable_hub_is_retried_then_one_line_and_exit_2(hub_env, tmp_path):
+    """Nothing listens at the endpoint: the Hub client's network error (its transport's own type) is retried and
+    reported in one line; the local output is untouched."""
+    from hub_server import free_port
+
+    run = make_finished_run(tmp_path / "run")
+    before = digests(run)
+    result = run_script("push.py", run, "tester/push-offline", check=False,
+                        env={**hub_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("retrying in") == 4
+    assert result.stderr.strip().splitlines()[-1].startswith("error: could not create the Hub repo tester/push-offline "
+                                                             "after 5 attempts")
+    assert {k: v for k, v in digests(run).items() if k != "README.md"} == before
