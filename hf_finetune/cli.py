@@ -36,10 +36,11 @@ def _configure_logging() -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     def run():
         from .config import parse_config
+
+        config = parse_config(argv)  # before anything imports torch: --help and bad flags answer at once
+        _configure_logging()
         from .finetune import finetune
 
-        config = parse_config(argv)
-        _configure_logging()
         finetune(config)
 
     run_cli(run)

@@ -66,3 +66,12 @@ def test_a_bare_resume_flag_means_auto():
     assert parse_config(["--resume", "--epochs", "3"]).resume == "auto"
     assert parse_config(["--resume", "none"]).resume == "none"
     assert parse_config([]).resume == "auto"
+
+
+def test_help_answers_before_anything_imports_torch():
+    """`--help` must not wait for torch's import (seconds): parse first, import the training stack after."""
+    code = ("import sys\nfrom hf_finetune.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch imported:', 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "--mixed-precision" in result.stdout and "--resume" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "torch imported: False"
