@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import make_image_folder, run_script
@@ -55,3 +56,22 @@ def test_a_run_prints_and_records_the_precision_it_chose(tmp_path):
     assert f"precision {chosen.describe()}" in result.stdout
     assert chosen.reason in (out / "README.md").read_text()
     assert "much slower" not in result.stderr  # auto never picks the slow path
+
+
+# This CPU limited to the kernels of one without native bf16 (e.g. an AMD EPYC with AVX2 only): oneDNN then
+# reports no native bf16, exactly as it does there.
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def test_without_native_bf16_auto_trains_in_fp32_and_explicit_bf16_warns_once(tmp_path):
+    folder = make_image_folder(tmp_path / "data")
+    env = {**os.environ, **AVX2_ONLY}
+    common = ["--data-dir", folder, "--model", "test_resnet", "--no-pretrained", "--batch-size", "4",
+              "--num-workers", "0", "--epochs", "1"]
+    auto = run_script("finetune.py", *common, "--output-dir", tmp_path / "auto", env=env)
+    run_config = json.loads((tmp_path / "auto" / "run_config.json").read_text())
+    assert run_config["mixed_precision"] == "no" and "no native bf16" in run_config["mixed_precision_reason"]
+    assert "precision fp32 (auto: this CPU has no native bf16" in auto.stdout and "much slower" not in auto.stderr
+    asked = run_script("finetune.py", *common, "--mixed-precision", "bf16", "--output-dir", tmp_path / "bf16",
+                       env=env, processes=2)
+    assert asked.stderr.count("--mixed-precision bf16 on a CPU without native bf16") == 1  # once, not per process
