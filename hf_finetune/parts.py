@@ -15,6 +15,7 @@ import torch
 from .cache import prepare_images
 from .config import FinetuneConfig
 from .data import ImageData, load_image_data
+from .ema import create_ema
 from .errors import UserError
 from .freezing import backbone_parameters, count_parameters, parameters_to_freeze, set_requires_grad
 from .guard import node_main_first
@@ -43,6 +44,7 @@ class TrainingParts:
     parameter_counts: tuple[int, int]  # (trainable, total); the head warm-up's temporary freeze not counted
     reused_rows: list = field(default_factory=list)  # head rows copied from the source classifier
     warmup_frozen: set = field(default_factory=set)  # backbone parameters frozen during the head warm-up
+    ema: object = None  # timm ModelEmaV3 with --model-ema (ema.py)
 
 
 def create_accelerator(config: FinetuneConfig, precision: Precision):
@@ -112,8 +114,11 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
     identity = {"model": config.model, "label_names": data.label_names, "train_data": fingerprints[0],
                 "eval_data": fingerprints[1], "num_processes": accelerator.num_processes,
                 "batch_size": config.batch_size, "gradient_accumulation_steps": config.gradient_accumulation_steps}
+    if config.model_ema:  # only then: checkpoints of runs without it keep their identity
+        identity["model_ema"] = True
     return TrainingParts(config, accelerator, precision, data, source, model, optimizer, scheduler, train_loader,
-                         eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen)
+                         eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen,
+                         create_ema(model, config))
 
 
 def _create_model(config: FinetuneConfig, label_names: list[str]):

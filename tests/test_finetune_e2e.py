@@ -67,8 +67,9 @@ def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path
     assert "resumed from" in result.stdout and "epoch 1:" not in result.stdout and "epoch 2:" in result.stdout
     assert "its own learning rates" not in result.stderr
     assert [row["epoch"] for row in _metrics(out)["history"]] == [1, 2]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001-step-000000",
-                                                                       "epoch-0002-step-000000"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("best-")) == [
+        "epoch-0001-step-000000", "epoch-0002-step-000000"]
+    assert len(list((out / "checkpoints").glob("best-epoch-*"))) == 1  # the best weights, the one folder kept
     # A changed --lr cannot apply to a resumed optimizer and schedule: the run says which rates it keeps.
     result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "3", "--lr", "0.1",
                         "--output-dir", out)
