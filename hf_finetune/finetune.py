@@ -30,7 +30,7 @@ from .parts import TrainingParts, create_training_parts
 from .plots import plot_confusion_matrix
 from .report import library_versions, plot_training_curves, summary_lines
 from .resume import resume_training
-from .selection import eval_columns, evaluate_candidates, final_evaluation, prune_best, save_best, select_epoch
+from .selection import check_select_metric, eval_columns, evaluate_candidates, final_evaluation, prune_best, save_best, select_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def finetune(config: FinetuneConfig) -> dict:
     if config.push_to_hub:
         check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
     parts = create_training_parts(config)
+    check_select_metric(config.select_metric, len(parts.data.label_names))
     progress, resume_point = resume_training(parts)
     if not progress.already_finished:
         record_start(parts)

@@ -38,11 +38,17 @@ def evaluate_candidates(parts: TrainingParts) -> dict[str, dict]:
     return results
 
 
+def check_select_metric(select_metric: str, num_classes: int) -> None:
+    """Refuse at the start, not after the first epoch, a metric these classes do not define."""
+    if SELECT_METRICS[select_metric][0] == "top5" and num_classes < 5:
+        raise UserError(f"--select-metric top5 needs at least 5 classes, the data has {num_classes}; "
+                        "use accuracy or eval_loss")
+
+
 def score(metrics: dict, select_metric: str) -> float:
     key = SELECT_METRICS[select_metric][0]
     if metrics.get(key) is None:
-        raise UserError(f"--select-metric {select_metric} is not defined here (top5 needs at least 5 classes); "
-                        "pick another one")
+        raise UserError(f"--select-metric {select_metric}: not computed for this evaluation; pick another one")
     return metrics[key]
 
 

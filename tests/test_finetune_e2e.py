@@ -83,6 +83,10 @@ def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path
     (["--model", "resnet19x"], "closest timm names: resnet18"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--optimizer", "adam"], "invalid choice"),
+    (["--select-metric", "f1"], "--select-metric f1: unknown; use one of eval_loss, accuracy, macro_f1"),
+    (["--select-metric", "top5"], "--select-metric top5 needs at least 5 classes, the data has 2"),
+    (["--patience", "0"], "--patience must be at least 1 epoch"),
+    (["--tta", "five-crop"], "invalid choice"),
 ])
 def test_bad_input_is_one_clear_line_not_a_traceback(tiny_folder, tmp_path, args, message):
     argv = ["--data-dir", tiny_folder, *TINY, "--output-dir", tmp_path / "out"]

@@ -1,0 +1,110 @@
+"""Issue 12: exact metrics across processes, the best epoch saved, early stopping and EMA resumed exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TORCHRUN, make_image_folder, run_script
+from safetensors.torch import load_file
+from test_reliability import _signal_when_progress, _start
+
+from hf_finetune.checkpoints import list_checkpoints
+
+
+def _evaluate_with(processes: int) -> dict:
+    launcher = [*TORCHRUN, str(processes)] if processes > 1 else [sys.executable]
+    result = subprocess.run([*launcher, str(REPO_ROOT / "tests" / "eval_processes.py")], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("METRICS ")]
+    return json.loads(line[len("METRICS "):])
+
+
+def test_engine_evaluate_gives_one_and_two_processes_the_same_numbers_to_the_bit():
+    one, two = _evaluate_with(1), _evaluate_with(2)
+    for mode in ("plain", "tta"):
+        assert one[mode]["count"] == 20 and sum(map(sum, one[mode]["confusion_matrix"])) == 20
+        assert one[mode]["top5"] is not None and one[mode]["loss"] > 0
+    assert one == two  # every key: counts, loss (exactly rounded sums), per-class, confusion matrix
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture
+def photos(tmp_path):
+    # Six classes whose colours repeat (a/d, b/e, c/f): learnable in part, so the eval loss moves both ways.
+    return make_image_folder(tmp_path / "photos", classes=tuple("abcdef"), per_class=(8, 4))
+
+
+def _argv(photos, out, *extra):
+    return ["--data-dir", photos, "--model", "test_resnet", "--no-pretrained", "--img-size", "64", "--batch-size",
+            "8", "--num-workers", "0", "--mixed-precision", "no", "--output-dir", out, *map(str, extra)]
+
+
+def test_the_saved_model_is_the_best_epochs_and_save_last_keeps_the_last(photos, tmp_path):
+    # A high learning rate: the eval loss is best early and worse at the end, so best and last differ.
+    common = ("--epochs", "3", "--lr", "0.05", "--keep-checkpoints", "0")
+    result = run_script("finetune.py", *_argv(photos, tmp_path / "best", *common))
+    metrics = _metrics(tmp_path / "best")
+    losses = [row["eval_loss"] for row in metrics["history"]]
+    best = losses.index(min(losses)) + 1
+    assert best != len(losses), f"the settings no longer make the last epoch worse: {losses}"
+    assert metrics["final"]["selected_epoch"] == best and metrics["final"]["selected_weights"] == "trained"
+    assert f"saved: epoch {best}, trained weights (best eval_loss on the eval split)" in result.stdout
+    checkpoints = list_checkpoints(tmp_path / "best")
+    saved = load_file(tmp_path / "best" / "model.safetensors")
+    chosen = load_file(checkpoints[best - 1] / "model.safetensors")
+    assert all(torch.equal(saved[key], chosen[key]) for key in chosen)
+    # The selected weights re-evaluated at the end give the epoch's numbers to the bit.
+    row, final = metrics["history"][best - 1], metrics["final"]
+    for key in ("eval_loss", "eval_acc", "eval_macro_f1", "eval_balanced_accuracy", "eval_top5", "eval_per_class"):
+        assert final[key] == row[key], key
+    evaluated = metrics["selected"]["eval"]
+    assert sum(map(sum, evaluated["confusion_matrix"])) == evaluated["count"] == 24
+    assert (tmp_path / "best" / "confusion_matrix.png").stat().st_size > 1000
+    assert [p.name for p in (checkpoints[0].parent).glob("best-epoch-*")] == [f"best-epoch-{best:04d}"]
+
+    run_script("finetune.py", *_argv(photos, tmp_path / "last", *common, "--save-last"))
+    last = load_file(list_checkpoints(tmp_path / "last")[-1] / "model.safetensors")
+    saved = load_file(tmp_path / "last" / "model.safetensors")
+    assert all(torch.equal(saved[key], last[key]) for key in last)
+    assert _metrics(tmp_path / "last")["final"]["selected_epoch"] == 3
+
+
+def test_early_stopping_with_ema_resumes_to_the_same_stop_and_the_same_ema_weights(photos, tmp_path):
+    """SIGTERM in epoch 1, then the same command: it stops at the epoch an uninterrupted run stops at, with the
+    same history, the same saved weights and a bitwise identical EMA. --min-delta 100 makes every epoch after
+    the first no improvement, so --patience 1 stops after epoch 2 of 5."""
+    extra = ("--epochs", "5", "--patience", "1", "--min-delta", "100", "--model-ema", "--ema-decay", "0.9",
+             "--momentum", "0.9", "--batch-size", "4")
+    straight = run_script("finetune.py", *_argv(photos, tmp_path / "straight", *extra))
+    assert "early stopping: no eval_loss improvement > 100 for 1 epoch(s); best epoch 1" in straight.stdout
+    assert [row["epoch"] for row in _metrics(tmp_path / "straight")["history"]] == [1, 2]
+    assert "ema_eval_loss" in _metrics(tmp_path / "straight")["history"][0]
+
+    interrupted = _start(list(map(str, _argv(photos, tmp_path / "resumed", *extra))))
+    stderr = _signal_when_progress(interrupted, batches=3)
+    assert interrupted.returncode == 75, stderr[-2000:]
+    resumed = run_script("finetune.py", *_argv(photos, tmp_path / "resumed", *extra))
+    assert "resumed from" in resumed.stdout and "epoch 3:" not in resumed.stdout
+
+    a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed")
+    keys = ("epoch", "train_loss", "train_acc", "eval_loss", "eval_acc", "eval_macro_f1", "ema_eval_loss",
+            "ema_eval_acc")
+    assert [{k: row[k] for k in keys} for row in a["history"]] == [{k: row[k] for k in keys} for row in b["history"]]
+    assert a["selected"]["selected"] == b["selected"]["selected"]
+    for name, first, second in [("model.safetensors", tmp_path / "straight", tmp_path / "resumed"),
+                                ("ema.safetensors", *(list_checkpoints(tmp_path / run)[-1]
+                                                      for run in ("straight", "resumed")))]:
+        x, y = load_file(first / name), load_file(second / name)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    # Run once more: the early-stopped run is finished, nothing trains.
+    again = run_script("finetune.py", *_argv(photos, tmp_path / "resumed", *extra))
+    assert "already holds this finished run" in again.stdout and "epoch 3:" not in again.stdout
