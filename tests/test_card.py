@@ -37,7 +37,7 @@ def test_front_matter_is_valid_and_model_index_equals_metrics(run_dir):
     final = json.loads((run_dir / "metrics.json").read_text())["final"]
     assert meta["library_name"] == "timm" and meta["pipeline_tag"] == "image-classification"
     assert set(meta["tags"]) >= {"image-classification", "timm", "transformers", "hf_finetune"}
-    assert meta["metrics"] == ["accuracy"]
+    assert meta["metrics"] == ["accuracy", "f1"]
     # From scratch on a local folder: no base model, no license to inherit, no Hub dataset to name.
     assert not {"base_model", "license", "datasets"} & set(meta)
     (result,) = meta["model-index"][0]["results"]
