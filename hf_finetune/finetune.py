@@ -75,7 +75,8 @@ def record_start(parts: TrainingParts) -> None:
         "source": {"name": source.name, "architecture": source.architecture, "pretrained": source.pretrained,
                    "hub_id": source.hub_id, "tag": source.tag, "license": source.license},
         "data": {"name": data.name, "eval_split": data.eval_split, "train_size": len(data.train),
-                 "eval_size": len(data.eval)},
+                 "eval_size": len(data.eval), "test_split": data.test_split,
+                 "test_size": len(data.test) if data.test is not None else None},
         "label_names": data.label_names, "label_matches": parts.reused_rows, "param_groups": groups,
         "num_processes": parts.accelerator.num_processes, "per_device_batch_size": parts.per_device_batch_size,
         "mixed_precision": parts.precision.mixed_precision, "mixed_precision_reason": parts.precision.reason,
@@ -87,7 +88,8 @@ def record_start(parts: TrainingParts) -> None:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "run_config.json", run_config)
-    print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split} images, classes "
+    test = f" / {len(data.test)} {data.test_split}" if data.test is not None else ""
+    print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split}{test} images, classes "
           f"{data.label_names}; {config.model}: " + ", ".join(f"{g['name']} lr {g['lr']:g}" for g in groups))
     print(f"trainable parameters: {trainable:,} of {total:,}; precision {parts.precision.describe()}")
 

@@ -108,3 +108,37 @@ def test_early_stopping_with_ema_resumes_to_the_same_stop_and_the_same_ema_weigh
     # Run once more: the early-stopped run is finished, nothing trains.
     again = run_script("finetune.py", *_argv(photos, tmp_path / "resumed", *extra))
     assert "already holds this finished run" in again.stdout and "epoch 3:" not in again.stdout
+
+
+def test_val_and_test_splits_both_reported_carded_and_pushed(tmp_path, hub, hub_env):
+    """val selects the epoch, test scores the selected model; the card labels both, its model-index parses back
+    with huggingface_hub into EvalResults for both splits, and survives the push to the local Hub."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    photos = make_image_folder(tmp_path / "photos", classes=tuple("abcde"), per_class=(6, 3, 4),
+                               splits=("train", "val", "test"))
+    out = tmp_path / "out"
+    result = run_script("finetune.py", *_argv(photos, out, "--epochs", "2", "--tta", "flip", "--push-to-hub",
+                                               "tester/selected"), env=hub_env)
+    assert "30 train / 15 val / 20 test images" in result.stdout
+    report = _metrics(out)["selected"]
+    assert (report["eval"]["count"], report["test"]["count"]) == (15, 20)
+    assert {"eval_tta", "test_tta"} <= set(report) and report["test_tta"]["count"] == 20
+    pushed = hub.files("tester/selected")
+    assert {"confusion_matrix.png", "README.md", "model.safetensors"} <= set(pushed)
+    card = ModelCard(pushed["README.md"].decode())
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    found = {(r.dataset_split, r.metric_name): r.metric_value for r in results}
+    for split, key in (("val", "eval"), ("test", "test")):
+        assert found[(split, "Accuracy")] == report[key]["accuracy"]
+        assert found[(split, "Macro F1")] == report[key]["macro_f1"]
+        assert found[(split, "Top-5 Accuracy")] == report[key]["top5"] == 1.0  # 5 classes: always in the top 5
+    assert len(results) == 6
+    text = card.text
+    assert "on the `val` split, which therefore helped choose it; the `test` split did not." in text
+    assert "| metric | val | val + flip TTA | test | test + flip TTA |" in text
+    assert f"| accuracy | {report['eval']['accuracy']:.4f} | {report['eval_tta']['accuracy']:.4f} |" in text
+    assert "Per class, on the `test` split:" in text and "![Confusion matrix on the test split]" in text
+    per_class = report["test"]["per_class"]["a"]
+    assert f"| a | {per_class['precision']:.4f} | {per_class['recall']:.4f} | {per_class['f1']:.4f} | 4 |" in text
