@@ -142,3 +142,38 @@ def test_val_and_test_splits_both_reported_carded_and_pushed(tmp_path, hub, hub_
     assert "Per class, on the `test` split:" in text and "![Confusion matrix on the test split]" in text
     per_class = report["test"]["per_class"]["a"]
     assert f"| a | {per_class['precision']:.4f} | {per_class['recall']:.4f} | {per_class['f1']:.4f} | 4 |" in text
+
+    # scripts/evaluate.py reproduces the run's numbers: from the folder on the tree (its val split), from the Hub
+    # id on the test split with flip TTA. Counts exact; the loss is the same sum of the same per-image losses up
+    # to the batch composition's float rounding (1e-6 relative).
+    for model, data, key, extra in ((out, photos, "eval", []), ("tester/selected", photos / "test", "test_tta",
+                                                                  ["--tta", "flip"])):
+        run_script("evaluate.py", model, data, "--output-dir", tmp_path / key, *extra, env=hub_env)
+        evaluated = json.loads((tmp_path / key / "metrics.json").read_text())
+        expected = report[key]
+        for name in ("count", "accuracy", "macro_f1", "balanced_accuracy", "top5", "per_class", "confusion_matrix"):
+            assert evaluated[name] == expected[name], (key, name)
+        assert evaluated["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+        assert (tmp_path / key / "mistakes.png").is_file() and (tmp_path / key / "confusion_matrix.png").is_file()
+    assert evaluated["split"] == "test" and evaluated["tta"] == "flip"
+
+
+def test_evaluate_names_unknown_class_folders_and_skips_unreadable_images(tmp_path):
+    from finished_run import LABELS, make_finished_run
+
+    run = make_finished_run(tmp_path / "run")
+    photos = make_image_folder(tmp_path / "photos", classes=tuple(LABELS), per_class=(3,), splits=("",))
+    (photos / LABELS[0] / "broken.jpg").write_bytes(b"not a jpeg")
+    result = run_script("evaluate.py", run, photos, "--output-dir", tmp_path / "ev")
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert evaluated["count"] == 9 and [bad["path"] for bad in evaluated["unreadable"]] == [
+        str(photos / LABELS[0] / "broken.jpg")]
+    assert "skipping" in result.stderr and "1 unreadable image(s) skipped" in result.stdout
+    assert len(evaluated["mistakes"]) == 9 - round(evaluated["accuracy"] * 9)
+    (photos / "sandwich").mkdir()
+    (photos / "sandwich" / "a.jpg").write_bytes((photos / LABELS[1] / f"{LABELS[1]}_0.jpg").read_bytes())
+    failed = run_script("evaluate.py", run, photos, "--output-dir", tmp_path / "ev2", check=False)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: ") and "class folder(s) sandwich are not labels" \
+        in failed.stderr
+
