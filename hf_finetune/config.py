@@ -177,8 +177,8 @@ class FinetuneConfig:
     )
     seed: int = _doc("Seed for initialization, shuffling, augmentation and the holdout split.", default=0)
     output_dir: str = _doc(
-        "Where the model (config.json, model.safetensors), metrics.json, training_curves.png and "
-        "checkpoints/ go.",
+        "Where the model (config.json, model.safetensors: the selected epoch's weights), metrics.json, "
+        "confusion_matrix.png, training_curves.png and checkpoints/ go.",
         default="output",
     )
     resume: str = _doc(
@@ -226,8 +226,8 @@ class FinetuneConfig:
     )
 
     push_to_hub: Optional[str] = _doc(
-        "After training, publish config.json, model.safetensors, README.md (the generated model card) and "
-        "training_curves.png to this Hub repo ('user/name') in one commit, then pull it back and check the "
+        "After training, publish config.json, model.safetensors, README.md (the generated model card), "
+        "training_curves.png and confusion_matrix.png to this Hub repo ('user/name') in one commit, then pull it back and check the "
         "logits. The token comes from HF_TOKEN or `hf auth login`, never from a flag.",
         default=None,
     )
