@@ -48,10 +48,13 @@ def find_labelled_images(data: Path, label_names: list[str]) -> tuple[str, list[
 
 
 def evaluate_folder(classifier: Classifier, data: Path, tta: bool = False, batch_size: int = 32,
-                    mistakes: int = 16) -> dict:
+                    mistakes: int = 16, mixed_precision: str = "no") -> dict:
     """metrics.ClassificationMetrics' result on DATA, plus "split", "tta", "unreadable" ([{path, reason}]) and
-    "mistakes" ([{path, true, predicted, probability}] most confident first)."""
+    "mistakes" ([{path, true, predicted, probability}] most confident first). `mixed_precision` "bf16"/"fp16":
+    the forward under that autocast, as a run with that precision evaluated (its run_config.json says which)."""
     runner = TorchRunner(classifier)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    autocast = torch.autocast(runner.device.type, dtype=dtype, enabled=dtype is not None)
     split, images = find_labelled_images(Path(data), runner.label_names)
     metrics = ClassificationMetrics(len(runner.label_names), runner.label_names)
     unreadable, kept, probabilities = [], [], []
@@ -65,15 +68,17 @@ def evaluate_folder(classifier: Classifier, data: Path, tta: bool = False, batch
             if not good:
                 continue
             batch, labels = torch.stack([crop for _, crop in good]), torch.tensor([label for (_, label), _ in good])
-            logits = runner.logits(batch)
-            if tta:  # as tta.flip_tta_logits: the mean of the image's and its mirror's logits
-                logits = (logits + runner.logits(batch.flip(-1))) / 2
+            with autocast:
+                logits = runner.logits(batch)
+                if tta:  # as tta.flip_tta_logits: the mean of the image's and its mirror's logits
+                    logits = (logits + runner.logits(batch.flip(-1))) / 2
             metrics.update(logits, labels, F.cross_entropy(logits, labels, reduction="none"))
             kept += [item for item, _ in good]
             probabilities.append(logits.softmax(dim=-1))
     if not kept:
         raise UserError(f"{data}: none of the {len(images)} images could be read")
-    return {**metrics.compute(), "split": split, "tta": "flip" if tta else "none", "unreadable": unreadable,
+    return {**metrics.compute(), "split": split, "tta": "flip" if tta else "none", "mixed_precision": mixed_precision,
+            "unreadable": unreadable,
             "mistakes": _mistakes(kept, torch.cat(probabilities), runner.label_names, mistakes)}
 
 

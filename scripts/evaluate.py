@@ -19,6 +19,9 @@ def parse_args() -> argparse.Namespace:
                         help="Where metrics.json, confusion_matrix.png and mistakes.png go (default ./evaluation).")
     parser.add_argument("--tta", choices=["none", "flip"], default="none",
                         help="flip: average the logits of each image and its horizontal mirror image.")
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+                        help="Autocast the forward (default fp32). A run evaluated under bf16 (its run_config.json's "
+                             "mixed_precision) is reproduced with bf16.")
     parser.add_argument("--batch-size", type=int, default=32, help="Images per forward pass (default 32).")
     parser.add_argument("--mistakes", type=int, default=16, help="How many confident mistakes to show (default 16).")
     args = parser.parse_args()
@@ -37,7 +40,8 @@ def main() -> None:
     from hf_finetune.predict import load_classifier
 
     classifier = load_classifier(args.model)
-    result = evaluate_folder(classifier, args.data, args.tta == "flip", args.batch_size, args.mistakes)
+    result = evaluate_folder(classifier, args.data, args.tta == "flip", args.batch_size, args.mistakes,
+                             args.mixed_precision)
     for failure in result["unreadable"]:
         print(f"skipping {failure['path']}: {failure['reason']}", file=sys.stderr)
     args.output_dir.mkdir(parents=True, exist_ok=True)
