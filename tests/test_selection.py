@@ -177,3 +177,27 @@ def test_evaluate_names_unknown_class_folders_and_skips_unreadable_images(tmp_pa
     assert failed.stderr.strip().splitlines()[-1].startswith("error: ") and "class folder(s) sandwich are not labels" \
         in failed.stderr
 
+
+
+def test_two_process_training_evaluation_equals_one_process_evaluate_script(tmp_path):
+    """The metrics a 2-process run computes (gathered, padding dropped) equal one process scoring the same selected
+    weights with scripts/evaluate.py, in batches of the run's 4 per process: 13 eval images leave rank 1 a
+    padded last batch."""
+    photos = make_image_folder(tmp_path / "photos", classes=tuple("abcde"), per_class=(4, 3),
+                               splits=("train", "val"))
+    (photos / "val" / "a" / "a_2.jpg").unlink()
+    (photos / "val" / "b" / "b_2.jpg").unlink()
+    out = tmp_path / "out"
+    # Early stopping too: both ranks leave the loop after epoch 2 of 3 (a rank stopping alone would hang).
+    result = run_script("finetune.py", *_argv(photos, out, "--epochs", "3", "--tta", "flip", "--patience", "1",
+                                              "--min-delta", "100"), processes=2, timeout=600)
+    metrics = _metrics(out)
+    assert metrics["num_processes"] == 2 and metrics["history"][0]["eval_count"] == 13
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2] and "early stopping" in result.stdout
+    assert metrics["final"]["selected_epoch"] == 1
+    for key, extra in (("eval", []), ("eval_tta", ["--tta", "flip"])):
+        run_script("evaluate.py", out, photos / "val", "--batch-size", "4", "--output-dir", tmp_path / key, *extra)
+        alone, expected = json.loads((tmp_path / key / "metrics.json").read_text()), metrics["selected"][key]
+        for name in ("count", "accuracy", "macro_f1", "balanced_accuracy", "top5", "per_class", "confusion_matrix"):
+            assert alone[name] == expected[name], (key, name)
+        assert alone["loss"] == pytest.approx(expected["loss"], rel=1e-6)
