@@ -51,8 +51,9 @@ def _argv(photos, out, *extra):
 def test_the_saved_model_is_the_best_epochs_and_save_last_keeps_the_last(photos, tmp_path):
     # A high learning rate: the eval loss is best early and worse at the end, so best and last differ.
     common = ("--epochs", "3", "--lr", "0.05", "--keep-checkpoints", "0")
-    result = run_script("finetune.py", *_argv(photos, tmp_path / "best", *common))
+    result = run_script("finetune.py", *_argv(photos, tmp_path / "best", *common, "--report-to", "tensorboard"))
     metrics = _metrics(tmp_path / "best")
+    _check_tracker_scalars(tmp_path / "best", metrics["history"])
     losses = [row["eval_loss"] for row in metrics["history"]]
     best = losses.index(min(losses)) + 1
     assert best != len(losses), f"the settings no longer make the last epoch worse: {losses}"
@@ -76,6 +77,20 @@ def test_the_saved_model_is_the_best_epochs_and_save_last_keeps_the_last(photos,
     saved = load_file(tmp_path / "last" / "model.safetensors")
     assert all(torch.equal(saved[key], last[key]) for key in last)
     assert _metrics(tmp_path / "last")["final"]["selected_epoch"] == 3
+
+
+def _check_tracker_scalars(out: Path, history: list[dict]) -> None:
+    """The tracker got every epoch's scalar metrics (and no per-class dicts or None values)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # Accelerate's tensorboard tracker writes the run's hyperparameters into an event file of their own.
+    files = [EventAccumulator(str(path)).Reload() for path in out.rglob("events.out.tfevents*")]
+    [logged] = [events for events in files if "eval_loss" in events.Tags()["scalars"]]
+    tags = set(logged.Tags()["scalars"])
+    assert {"eval_loss", "eval_acc", "eval_macro_f1", "eval_balanced_accuracy", "eval_top5"} <= tags
+    assert not any("per_class" in tag for tag in tags)
+    assert [event.value for event in logged.Scalars("eval_macro_f1")] == pytest.approx(
+        [row["eval_macro_f1"] for row in history], rel=1e-6)  # tensorboard stores float32
 
 
 def test_early_stopping_with_ema_resumes_to_the_same_stop_and_the_same_ema_weights(photos, tmp_path):
