@@ -120,6 +120,13 @@ def test_early_stopping_with_ema_resumes_to_the_same_stop_and_the_same_ema_weigh
                                                       for run in ("straight", "resumed")))]:
         x, y = load_file(first / name), load_file(second / name)
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    # The saved model is epoch 1's selected weights: the trained ones or their EMA, whichever scored better.
+    first = list_checkpoints(tmp_path / "straight")[0]
+    assert first.name == "epoch-0001-step-000000"
+    selected = a["final"]["selected_weights"]
+    x, y = load_file(tmp_path / "straight" / "model.safetensors"), load_file(
+        first / ("ema.safetensors" if selected == "ema" else "model.safetensors"))
+    assert all(torch.equal(x[k], y[k]) for k in y), selected
     # Run once more: the early-stopped run is finished, nothing trains.
     again = run_script("finetune.py", *_argv(photos, tmp_path / "resumed", *extra))
     assert "already holds this finished run" in again.stdout and "epoch 3:" not in again.stdout
@@ -216,3 +223,39 @@ def test_two_process_training_evaluation_equals_one_process_evaluate_script(tmp_
         for name in ("count", "accuracy", "macro_f1", "balanced_accuracy", "top5", "per_class", "confusion_matrix"):
             assert alone[name] == expected[name], (key, name)
         assert alone["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+
+
+def _select(progress, epoch, trained, ema=None, **config):
+    from types import SimpleNamespace
+
+    from hf_finetune.selection import select_epoch
+
+    settings = {"select_metric": "accuracy", "min_delta": 0.0, "patience": None, **config}
+    parts = SimpleNamespace(config=SimpleNamespace(**settings), accelerator=SimpleNamespace(num_processes=1))
+    results = {"trained": {"accuracy": trained, "loss": 1 - trained}}
+    if ema is not None:
+        results["ema"] = {"accuracy": ema, "loss": 1 - ema}
+    return select_epoch(parts, progress, epoch, results)
+
+
+def test_selection_picks_the_better_weights_keeps_ties_and_counts_patience():
+    from hf_finetune.checkpoints import TrainingProgress
+
+    progress = TrainingProgress()
+    assert _select(progress, 1, 0.5, ema=0.6, patience=2)
+    assert progress.best == {"epoch": 1, "score": 0.6, "weights": "ema"}
+    assert not _select(progress, 2, 0.6, ema=0.6, patience=2)  # a tie is no improvement: the earlier epoch stays
+    assert progress.epochs_without_improvement == 1 and not progress.stopped_early
+    assert _select(progress, 3, 0.7, ema=0.7, patience=2)  # trained and EMA tie: the trained weights
+    assert progress.best["weights"] == "trained" and progress.epochs_without_improvement == 0
+    assert not _select(progress, 4, 0.75, patience=2, min_delta=0.1)  # better, but not by more than min_delta
+    assert not _select(progress, 5, 0.75, patience=2, min_delta=0.1)
+    assert progress.stopped_early and progress.best["epoch"] == 3
+    restored = TrainingProgress()
+    restored.load_state_dict(json.loads(json.dumps(progress.state_dict())))  # as a checkpoint stores it
+    assert (restored.best, restored.epochs_without_improvement, restored.stopped_early) == (
+        progress.best, 2, True)
+    lower = TrainingProgress()  # eval_loss: lower is better
+    assert _select(lower, 1, 0.5, select_metric="eval_loss") and lower.best["score"] == 0.5
+    assert _select(lower, 2, 0.6, select_metric="eval_loss") and lower.best["score"] == pytest.approx(0.4)
+
