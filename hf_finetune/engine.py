@@ -95,7 +95,9 @@ def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, load
     gives every process every sample once (the last batch's padding dropped), and the metrics are computed
     from counts and exactly rounded loss sums, so each process gets the same numbers as one process would.
     `tta`: the mean logits of each image and its mirror (tta.flip_tta_logits)."""
-    model, loader = model or parts.model, loader or parts.eval_loader
+    # `is None`, not `or`: a DataLoader (and a Sequential) with length 0 is falsy.
+    model = parts.model if model is None else model
+    loader = parts.eval_loader if loader is None else loader
     normalize, accelerator = parts.normalize, parts.accelerator
     model.eval()
     started = time.perf_counter()
