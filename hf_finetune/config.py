@@ -206,7 +206,7 @@ class FinetuneConfig:
         "than --min-delta (every process stops at the same epoch; a resumed run stops where it would have).",
         default=None,
     )
-    min_delta: float = _doc("The least change of --select-metric that counts as an improvement (its units).",
+    min_delta: float = _doc("An improvement of --select-metric must exceed this (in its units) to count.",
                             default=0.0)
     model_ema: bool = _doc(
         "Keep an exponential moving average of the weights (timm ModelEmaV3), evaluated every epoch beside the "
