@@ -141,7 +141,8 @@ def write_predictions(path: Path, predictions: list[Prediction], top_k: int) -> 
         writer.writerow(["path"] + [f"{column}_{rank}" for rank in range(1, columns + 1)
                                     for column in ("label", "probability")])
         for p in predictions:
-            writer.writerow([p.path] + [value for label, probability in p.top for value in (label, f"{probability:.6f}")])
+            cells = [value for label, probability in p.top for value in (label, f"{probability:.6f}")]
+            writer.writerow([p.path] + cells)
         text = buffer.getvalue()
     write_text(path, text)
 

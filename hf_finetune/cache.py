@@ -53,7 +53,11 @@ def prepare_images(data: ImageData, model: nn.Module, cache: bool = True, max_ba
         logger.info("decode-once cache: %d images at %d px, %.1f MB in %s", len(train) + len(evaluation),
                     settings.short_side, sum(os.path.getsize(file) for file in files) / 1e6,
                     os.path.dirname(min(files)) if files else "memory")
-    return dataclasses.replace(data, train=train, eval=evaluation, bad_files=train_bad + eval_bad)
+    test, test_bad = (None, [])
+    if data.test is not None:
+        test, test_bad = _prepare_split(data.test, data.test_split, settings, data.root, max_bad_fraction, report)
+    return dataclasses.replace(data, train=train, eval=evaluation, test=test,
+                               bad_files=train_bad + eval_bad + test_bad)
 
 
 def _prepare_split(dataset, split: str, settings: Optional[ImageSettings], root, max_bad_fraction: float,

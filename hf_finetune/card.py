@@ -13,6 +13,7 @@ import sysconfig
 from pathlib import Path
 from typing import Optional
 
+from .card_results import METRIC_IDS, eval_results, results_context
 from .errors import UserError
 from .files import write_text
 
@@ -43,7 +44,7 @@ def render_model_card(output_dir: Path, repo_id: Optional[str] = None, onnx: boo
 
 
 def _card_data(run: dict, metrics: dict, repo_id: str):
-    from huggingface_hub import EvalResult, ModelCardData
+    from huggingface_hub import ModelCardData
 
     source, data, config = run["source"], run["data"], run["config"]
     hub_dataset = data["name"] if config.get("dataset_name") else None  # a folder's name is no Hub id
@@ -57,13 +58,11 @@ def _card_data(run: dict, metrics: dict, repo_id: str):
         license=license if pretrained else None,
         base_model=source.get("hub_id") if pretrained else None,
         datasets=[hub_dataset] if hub_dataset else None,
-        metrics=["accuracy"],
+        metrics=METRIC_IDS if metrics.get("selected") else ["accuracy"],
         model_name=repo_id.split("/")[-1],
-        eval_results=[EvalResult(
-            task_type="image-classification", task_name="Image Classification",
-            dataset_type=hub_dataset or "imagefolder", dataset_name=_dataset_name(run),
-            dataset_config=config.get("dataset_config"), dataset_split=data.get("eval_split"),
-            metric_type="accuracy", metric_name="Accuracy", metric_value=metrics["final"]["eval_acc"])],
+        eval_results=eval_results(run, metrics, dict(dataset_type=hub_dataset or "imagefolder",
+                                                     dataset_name=_dataset_name(run),
+                                                     dataset_config=config.get("dataset_config"))),
     )
 
 
@@ -80,6 +79,7 @@ def _template_context(run: dict, metrics: dict, repo_id: str, output_dir: Path) 
         has_label_matches=bool(run.get("label_matches")),
         final_rows=_final_rows(metrics["final"]), epoch_columns=_epoch_columns(metrics["history"]),
         epoch_rows=_epoch_rows(metrics["history"]), has_curves=(output_dir / "training_curves.png").is_file(),
+        has_confusion=(output_dir / "confusion_matrix.png").is_file(), **results_context(run, metrics),
         hyperparameters=_hyperparameter_rows(run, metrics), param_groups=_param_group_rows(run),
         training_details=_training_details(run, metrics),
         comparison=(output_dir / "comparison.md").read_text() if (output_dir / "comparison.md").is_file() else None,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from .errors import UserError, first_line
+from .ema import ema_state
 from .model import unwrap
 from .rng import rng_state
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)-step-(\d+)$")
 STATE_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "progress.json")
+EMA_FILE = "ema.safetensors"  # with --model-ema (its identity then says so, and resume requires it)
 
 
 class TrainingProgress:
@@ -44,13 +46,24 @@ class TrainingProgress:
         self.history: list[dict] = []
         # Per process, in rank order: [loss sum, correct, count] of the interrupted epoch's batches so far.
         self.partial_sums: list[list[float]] = []
+        # Model selection and early stopping (selection.py), so a resumed run selects and stops as an
+        # uninterrupted one: the best epoch, its score, which weights ("trained" or "ema"), and the epochs
+        # since it (the patience counter).
+        self.best: Optional[dict] = None  # {"epoch", "score", "weights"}
+        self.epochs_without_improvement = 0
+        self.stopped_early = False
         self.already_finished = False  # not saved: an earlier run of this command saved the final model
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "history": self.history, "partial_sums": self.partial_sums}
+        return {"epoch": self.epoch, "step": self.step, "history": self.history, "partial_sums": self.partial_sums,
+                "best": self.best, "epochs_without_improvement": self.epochs_without_improvement,
+                "stopped_early": self.stopped_early}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+        self.best = state.get("best")  # checkpoints before model selection have none of these three
+        self.epochs_without_improvement = int(state.get("epochs_without_improvement", 0))
+        self.stopped_early = bool(state.get("stopped_early", False))
         # Checkpoints before per-process sums kept the main process's only, under "partial".
         legacy = (state.get("partial") or {}).get("sums")
         self.partial_sums = state.get("partial_sums") or ([legacy] if legacy else [])
@@ -110,6 +123,9 @@ def _write_checkpoint(parts: TrainingParts, progress: TrainingProgress, rng_stat
         torch.save(state, staging / f"rng-{rank}.pt")
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(parts.model).state_dict().items()}
     save_file(state, staging / "model.safetensors")
+    ema = ema_state(parts)
+    if ema is not None:
+        save_file(ema, staging / EMA_FILE)
     torch.save(parts.optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(parts.scheduler.state_dict(), staging / "scheduler.pt")
     if parts.accelerator.scaler is not None:
@@ -150,6 +166,8 @@ def checkpoint_problem(path: Path) -> Optional[str]:
         json.loads((path / "progress.json").read_text())
         processes = json.loads((path / "identity.json").read_text())["num_processes"]
         missing = [f"rng-{rank}.pt" for rank in range(processes) if not (path / f"rng-{rank}.pt").is_file()]
+        if json.loads((path / "identity.json").read_text()).get("model_ema") and not (path / EMA_FILE).is_file():
+            missing.append(EMA_FILE)
         if missing:
             return f"missing {', '.join(missing)}"
     except Exception as error:  # a torn write shows up as any parse error
@@ -192,7 +210,9 @@ def read_checkpoint(path: Path) -> dict:
 
     processes = json.loads((path / "identity.json").read_text())["num_processes"]
     scaler = path / "scaler.pt"
+    ema = path / EMA_FILE
     return {"path": str(path), "model": load_file(path / "model.safetensors"),
+            "ema": load_file(ema) if ema.is_file() else None,
             "optimizer": _load_tensors(path / "optimizer.pt"), "scheduler": _load_tensors(path / "scheduler.pt"),
             "scaler": _load_tensors(scaler) if scaler.is_file() else None,
             "progress": json.loads((path / "progress.json").read_text()),
@@ -202,6 +222,8 @@ def read_checkpoint(path: Path) -> dict:
 def apply_checkpoint(parts: TrainingParts, checkpoint: dict, progress: TrainingProgress) -> dict:
     """Load a read checkpoint into the prepared objects; returns this process's RNG state to restore."""
     unwrap(parts.model).load_state_dict(checkpoint["model"])
+    if getattr(parts, "ema", None) is not None:  # its presence is part of the checkpoint's identity
+        parts.ema.module.load_state_dict(checkpoint["ema"])
     optimizer = parts.optimizer
     wanted = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
     optimizer.load_state_dict(checkpoint["optimizer"])

@@ -16,6 +16,9 @@ from typing import Literal, Optional
 from .errors import UserError
 
 EVAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
+# --select-metric name -> (key of metrics.ClassificationMetrics.compute(), True when higher is better)
+SELECT_METRICS = {"eval_loss": ("loss", False), "accuracy": ("accuracy", True), "macro_f1": ("macro_f1", True),
+                  "balanced_accuracy": ("balanced_accuracy", True), "top5": ("top5", True)}
 
 
 # The chapter's SGD decay (1e-3 under its summed loss at batch 128) is no decay for AdamW, whose decoupled
@@ -174,8 +177,8 @@ class FinetuneConfig:
     )
     seed: int = _doc("Seed for initialization, shuffling, augmentation and the holdout split.", default=0)
     output_dir: str = _doc(
-        "Where the model (config.json, model.safetensors), metrics.json, training_curves.png and "
-        "checkpoints/ go.",
+        "Where the model (config.json, model.safetensors: the selected epoch's weights), metrics.json, "
+        "confusion_matrix.png, training_curves.png and checkpoints/ go.",
         default="output",
     )
     resume: str = _doc(
@@ -189,10 +192,43 @@ class FinetuneConfig:
     keep_checkpoints: int = _doc("How many per-epoch checkpoints to keep (the newest); 0 keeps all.", default=2)
     compile: bool = _doc("torch.compile the model with inductor (about a minute of compiling in the first steps; "
                          "within noise of eager on a 2-core CPU, see BENCHMARKS.md).", default=False)
+    # model selection and evaluation
+    select_metric: str = _doc(
+        "Which epoch's weights are saved, carded and pushed: the best by this eval metric, one of "
+        f"{', '.join(SELECT_METRICS)}. Default eval_loss: it is continuous, while on small eval sets "
+        "accuracy moves in steps of 1/N and ties, so it would pick on noise (ties keep the earlier epoch).",
+        default="eval_loss",
+    )
+    save_last: bool = _doc("Save, card and push the last epoch's weights instead of the best epoch's.",
+                           default=False)
+    patience: Optional[int] = _doc(
+        "Early stopping: stop after this many epochs in a row without the --select-metric improving by more "
+        "than --min-delta (every process stops at the same epoch; a resumed run stops where it would have).",
+        default=None,
+    )
+    min_delta: float = _doc("An improvement of --select-metric must exceed this (in its units) to count.",
+                            default=0.0)
+    model_ema: bool = _doc(
+        "Keep an exponential moving average of the weights (timm ModelEmaV3), evaluated every epoch beside the "
+        "trained weights; the better of the two by --select-metric is selected.",
+        default=False,
+    )
+    ema_decay: float = _doc("EMA decay per optimizer update (timm's default 0.9998).", default=0.9998)
+    ema_warmup: bool = _doc(
+        "Warm the EMA decay up (1 - (1 + updates)^-2/3, capped at --ema-decay), so short fine-tunes average "
+        "recent weights rather than keep the pretrained ones.",
+        default=True,
+    )
+    tta: Literal["none", "flip"] = _doc(
+        "Test-time augmentation for the final report: 'flip' also scores the mean logits of each image and its "
+        "mirror, reported beside the plain numbers (selection uses the plain ones).",
+        default="none",
+    )
+
     push_to_hub: Optional[str] = _doc(
-        "After training, publish config.json, model.safetensors, README.md (the generated model card) and "
-        "training_curves.png to this Hub repo ('user/name') in one commit, then pull it back and check the "
-        "logits. The token comes from HF_TOKEN or `hf auth login`, never from a flag.",
+        "After training, publish config.json, model.safetensors, README.md (the generated model card), "
+        "training_curves.png and confusion_matrix.png to this Hub repo ('user/name') in one commit, then pull it "
+        "back and check the logits. The token comes from HF_TOKEN or `hf auth login`, never from a flag.",
         default=None,
     )
     hub_public: bool = _doc("Make a newly created Hub repo public (default: private).", default=False)
@@ -226,6 +262,12 @@ class FinetuneConfig:
             raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         if self.pretrained_path and not Path(self.pretrained_path).is_file():
             raise UserError(f"--pretrained-path {self.pretrained_path} is not a file")
+        if self.select_metric not in SELECT_METRICS:
+            raise UserError(f"--select-metric {self.select_metric}: unknown; use one of {', '.join(SELECT_METRICS)}")
+        if self.patience is not None and self.patience < 1:
+            raise UserError(f"--patience must be at least 1 epoch, got {self.patience}")
+        if self.min_delta < 0 or not 0 < self.ema_decay < 1:
+            raise UserError("--min-delta cannot be negative and --ema-decay must be between 0 and 1")
         if self.weight_decay is None:  # the default that fits the optimizer (see --weight-decay)
             self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
         return self

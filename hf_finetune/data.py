@@ -20,6 +20,7 @@ from .errors import UserError, first_line
 logger = logging.getLogger(__name__)
 
 # The extensions datasets' imagefolder indexes; used to tell an empty class folder from a real one.
+TEST_SPLIT = "test"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -33,6 +34,9 @@ class ImageData:
     root: Optional[Path] = None  # the local folder the images came from; bad-file paths are relative to it
     # Filled by cache.prepare_images: {"split", "path", "reason"} of every unreadable file it skipped.
     bad_files: list[dict] = field(default_factory=list)
+    # A held-out test split beside the eval split (which selects the epoch): scored once, for the selected model.
+    test: Optional["datasets.Dataset"] = None  # noqa: F821
+    test_split: Optional[str] = None
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -63,6 +67,12 @@ def find_splits(root: Path, train_split: str = "train",
     return subdirs[train_split], found
 
 
+def test_split_name(split_names, eval_name: Optional[str]) -> Optional[str]:
+    """"test" when the data has it beside another eval split (val, validation, valid): that one selects the
+    epoch and the test split, untouched by the selection, scores the selected model."""
+    return TEST_SPLIT if eval_name not in (None, TEST_SPLIT) and TEST_SPLIT in split_names else None
+
+
 def find_classes(split_dir: Path) -> list[str]:
     """Class folder names that hold at least one image; warns about (and drops) empty ones."""
     classes, empty = [], []
@@ -83,17 +93,10 @@ def load_image_folder(root: Path, config: FinetuneConfig) -> ImageData:
     train_dir, eval_dir = find_splits(root, config.train_split, config.eval_split)
     classes = find_classes(train_dir)
     data_files = {"train": [str(train_dir / name / "**") for name in classes]}
-    if eval_dir is not None:
-        eval_classes = [folder.name for folder in _visible_dirs(eval_dir) if _has_images(folder)]
-        if not eval_classes:
-            raise UserError(f"eval split {eval_dir} has no images in class folders")
-        unknown = sorted(set(eval_classes) - set(classes))
-        if unknown:
-            others = [p.name for p in _visible_dirs(root) if p not in (train_dir, eval_dir)]
-            hint = (f"; other folders here: {', '.join(others)} (choose the eval split with --eval-split NAME)"
-                    if others else "")
-            raise UserError(f"{eval_dir} has class folder(s) that train does not: {', '.join(unknown)}{hint}")
-        data_files["eval"] = [str(eval_dir / name / "**") for name in eval_classes]
+    test_name = test_split_name([p.name for p in _visible_dirs(root)], eval_dir.name if eval_dir else None)
+    for key, folder in (("eval", eval_dir), ("test", root / test_name if test_name else None)):
+        if folder is not None:
+            data_files[key] = _split_files(folder, classes, train_dir)
     # drop_labels=False: imagefolder would otherwise skip labels for a single-class split;
     # drop_metadata=True: a stray metadata.csv must not replace the folder labels.
     loaded = datasets.load_dataset("imagefolder", data_files=data_files, drop_labels=False, drop_metadata=True,
@@ -105,7 +108,22 @@ def load_image_folder(root: Path, config: FinetuneConfig) -> ImageData:
     train, evaluation, split_name = loaded["train"], loaded.get("eval"), eval_dir.name if eval_dir else "holdout"
     if evaluation is None:
         train, evaluation = _holdout(train, config)
-    return ImageData(train, evaluation, label_names, name=root.name, eval_split=split_name, root=root)
+    return ImageData(train, evaluation, label_names, name=root.name, eval_split=split_name, root=root,
+                     test=loaded.get("test"), test_split=test_name)
+
+
+def _split_files(folder: Path, classes: list[str], train_dir: Path) -> list[str]:
+    """imagefolder's file patterns of an evaluated split, whose classes must all be training classes."""
+    found = [path.name for path in _visible_dirs(folder) if _has_images(path)]
+    if not found:
+        raise UserError(f"split {folder} has no images in class folders")
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        others = [path.name for path in _visible_dirs(folder.parent) if path not in (train_dir, folder)]
+        hint = (f"; other folders here: {', '.join(others)} (choose the eval split with --eval-split NAME)"
+                if others else "")
+        raise UserError(f"{folder} has class folder(s) that train does not: {', '.join(unknown)}{hint}")
+    return [str(folder / name / "**") for name in found]
 
 
 def load_hub_dataset(config: FinetuneConfig) -> ImageData:
@@ -125,15 +143,20 @@ def load_hub_dataset(config: FinetuneConfig) -> ImageData:
     splits = {"train": loaded[config.train_split]}
     if eval_name:
         splits["eval"] = loaded[eval_name]
+    test_name = test_split_name(list(loaded), eval_name)
+    if test_name:
+        splits["test"] = loaded[test_name]
     splits = {key: _canonical_columns(split, config) for key, split in splits.items()}
     train = _class_encoded(splits["train"])
     label_names = train.features["label"].names
+    names = {"eval": eval_name, "test": test_name}
+    splits.update({key: _class_encoded(split, label_names, f"split {names[key]} of {config.dataset_name}")
+                   for key, split in splits.items() if key != "train"})
     evaluation = splits.get("eval")
     if evaluation is None:
         train, evaluation = _holdout(train, config)
-    else:
-        evaluation = _class_encoded(evaluation, label_names, f"split {eval_name} of {config.dataset_name}")
-    return ImageData(train, evaluation, label_names, name=config.dataset_name, eval_split=eval_name or "holdout")
+    return ImageData(train, evaluation, label_names, name=config.dataset_name, eval_split=eval_name or "holdout",
+                     test=splits.get("test"), test_split=test_name)
 
 
 def _canonical_columns(split, config: FinetuneConfig):

@@ -10,9 +10,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .ema import update_ema
 from .errors import UserError
 from .guard import NON_FINITE, PREEMPTED, StopGuard, leave_together
+from .metrics import ClassificationMetrics
 from .rng import restore_rng_state
+from .tta import flip_tta_logits
 
 if TYPE_CHECKING:
     from .parts import TrainingParts
@@ -68,6 +71,7 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
             optimizer.step()
             if accelerator.sync_gradients:  # the schedule counts optimizer updates, not micro-batches
                 scheduler.step()
+                update_ema(parts)
             optimizer.zero_grad()
         step += 1
         trained_here += len(labels)
@@ -85,19 +89,25 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
 
 
 @torch.no_grad()
-def evaluate(parts: TrainingParts) -> EpochStats:
-    """Exact counts across processes: gather_for_metrics drops the samples padded onto the last batch."""
-    model, loader, normalize, accelerator = parts.model, parts.eval_loader, parts.normalize, parts.accelerator
+def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, loader=None, tta: bool = False) -> dict:
+    """`metrics.ClassificationMetrics.compute()` of `model` (default the trained one; the EMA copy, the selected
+    weights) on `loader` (default the eval split), plus "seconds". Exact across processes: gather_for_metrics
+    gives every process every sample once (the last batch's padding dropped), and the metrics are computed
+    from counts and exactly rounded loss sums, so each process gets the same numbers as one process would.
+    `tta`: the mean logits of each image and its mirror (tta.flip_tta_logits)."""
+    # `is None`, not `or`: a DataLoader (and a Sequential) with length 0 is falsy.
+    model = parts.model if model is None else model
+    loader = parts.eval_loader if loader is None else loader
+    normalize, accelerator = parts.normalize, parts.accelerator
     model.eval()
     started = time.perf_counter()
-    loss_sum, correct, count = (torch.zeros((), device=accelerator.device) for _ in range(3))
+    metrics = ClassificationMetrics(len(parts.data.label_names), parts.data.label_names)
     for batch in loader:
-        logits = model(normalize(batch["pixel_values"]))
-        losses = F.cross_entropy(logits, batch["label"], reduction="none")
-        losses, predictions, labels = accelerator.gather_for_metrics((losses, logits.argmax(dim=1), batch["label"]))
-        loss_sum += losses.float().sum()
-        correct += (predictions == labels).sum()
-        count += len(labels)
-    # gather_for_metrics already gave every process all samples: no further reduction.
-    return EpochStats(loss_sum.item() / max(count.item(), 1), correct.item() / max(count.item(), 1),
-                      int(count.item()), time.perf_counter() - started)
+        images, labels = normalize(batch["pixel_values"]), batch["label"]
+        # Under the run's autocast whichever model it is: the EMA copy is not wrapped by accelerator.prepare.
+        with accelerator.autocast():
+            logits = flip_tta_logits(model, images) if tta else model(images)
+        logits = logits.float()
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        metrics.update(*accelerator.gather_for_metrics((logits, labels, losses)))
+    return {**metrics.compute(), "seconds": time.perf_counter() - started}

@@ -16,18 +16,22 @@ from typing import Optional
 from .card import write_model_card
 from .checkpoints import TrainingProgress, save_checkpoint
 from .config import FinetuneConfig
-from .engine import EpochStats, ResumePoint, evaluate, train_one_epoch
+from .engine import EpochStats, ResumePoint, train_one_epoch
 from .errors import TrainingStopped
 from .files import write_json
 from .freezing import frozen_batchnorms, set_requires_grad
 from .guard import PREEMPTED, StopGuard, leave_together
 from .hardware import cpu_model
 from .hub import check_push_possible, push_to_hub
+from .metrics import summary_line
 from .model import save_classifier, unwrap
 from .optim import describe_param_groups
 from .parts import TrainingParts, create_training_parts
+from .plots import plot_confusion_matrix
 from .report import library_versions, plot_training_curves, summary_lines
 from .resume import resume_training
+from .selection import (check_select_metric, eval_columns, evaluate_candidates, final_evaluation, prune_best,
+                        save_best, select_epoch)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ def finetune(config: FinetuneConfig) -> dict:
     if config.push_to_hub:
         check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
     parts = create_training_parts(config)
+    check_select_metric(config.select_metric, len(parts.data.label_names))
     progress, resume_point = resume_training(parts)
     if not progress.already_finished:
         record_start(parts)
@@ -45,6 +50,8 @@ def finetune(config: FinetuneConfig) -> dict:
                                                             if v is not None})
     with StopGuard() as guard:
         for epoch in range(progress.epoch + 1, config.epochs + 1):
+            if progress.stopped_early:  # also when resuming a run that had stopped early
+                break
             run_epoch(parts, progress, epoch, guard, resume_point)
             resume_point = None
     metrics = finish(parts, progress)
@@ -69,7 +76,8 @@ def record_start(parts: TrainingParts) -> None:
         "source": {"name": source.name, "architecture": source.architecture, "pretrained": source.pretrained,
                    "hub_id": source.hub_id, "tag": source.tag, "license": source.license},
         "data": {"name": data.name, "eval_split": data.eval_split, "train_size": len(data.train),
-                 "eval_size": len(data.eval)},
+                 "eval_size": len(data.eval), "test_split": data.test_split,
+                 "test_size": len(data.test) if data.test is not None else None},
         "label_names": data.label_names, "label_matches": parts.reused_rows, "param_groups": groups,
         "num_processes": parts.accelerator.num_processes, "per_device_batch_size": parts.per_device_batch_size,
         "mixed_precision": parts.precision.mixed_precision, "mixed_precision_reason": parts.precision.reason,
@@ -81,7 +89,8 @@ def record_start(parts: TrainingParts) -> None:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "run_config.json", run_config)
-    print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split} images, classes "
+    test = f" / {len(data.test)} {data.test_split}" if data.test is not None else ""
+    print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split}{test} images, classes "
           f"{data.label_names}; {config.model}: " + ", ".join(f"{g['name']} lr {g['lr']:g}" for g in groups))
     print(f"trainable parameters: {trainable:,} of {total:,}; precision {parts.precision.describe()}")
 
@@ -101,23 +110,43 @@ def run_epoch(parts: TrainingParts, progress: TrainingProgress, epoch: int, guar
         progress.step = train.stopped_at_step
         save_checkpoint(parts, progress, epoch_sums=train.sums)
         stop_for_sigterm(parts, progress)
-    evaluation = evaluate(parts)
+    evaluation = evaluate_candidates(parts)
+    improved = select_epoch(parts, progress, epoch, evaluation)
     row = epoch_row(epoch, train, evaluation, parts.optimizer)
     progress.epoch, progress.step, progress.history = epoch, 0, progress.history + [row]
-    accelerator.log({key: value for key, value in row.items() if key != "lr"}, step=epoch)
-    accelerator.print(f"epoch {epoch}: loss {train.loss:.3f}, train acc {train.accuracy:.3f}, "
-                      f"test acc {evaluation.accuracy:.3f} ({evaluation.count} eval images)")
+    accelerator.log({key: value for key, value in row.items() if isinstance(value, (int, float))}, step=epoch)
+    accelerator.print(epoch_line(row, evaluation, progress, improved))
+    if improved and not config.save_last:
+        save_best(parts, progress)  # before the checkpoint that names it, removed after the next one (selection.py)
     save_checkpoint(parts, progress)
-    if epoch < config.epochs and guard.check(accelerator) == PREEMPTED:
+    prune_best(parts, progress)
+    if progress.stopped_early:
+        accelerator.print(f"early stopping: no {config.select_metric} improvement > {config.min_delta:g} for "
+                          f"{config.patience} epoch(s); best epoch {progress.best['epoch']}")
+    elif epoch < config.epochs and guard.check(accelerator) == PREEMPTED:
         stop_for_sigterm(parts, progress)
 
 
-def epoch_row(epoch: int, train: EpochStats, evaluation: EpochStats, optimizer) -> dict:
-    """One epoch's line of metrics.json."""
-    return {"epoch": epoch, "train_loss": train.loss, "train_acc": train.accuracy, "eval_loss": evaluation.loss,
-            "eval_acc": evaluation.accuracy, "train_count": train.count, "eval_count": evaluation.count,
-            "examples_per_sec": train.examples_per_sec, "epoch_seconds": train.seconds + evaluation.seconds,
-            "lr": {group["name"]: group["lr"] for group in optimizer.param_groups}}
+def epoch_row(epoch: int, train: EpochStats, evaluation: dict[str, dict], optimizer) -> dict:
+    """One epoch's line of metrics.json: the trained weights' eval_* (and the EMA's ema_eval_*) columns."""
+    row = {"epoch": epoch, "train_loss": train.loss, "train_acc": train.accuracy,
+           **eval_columns(evaluation["trained"]), "train_count": train.count,
+           "examples_per_sec": train.examples_per_sec,
+           "epoch_seconds": train.seconds + sum(result["seconds"] for result in evaluation.values()),
+           "lr": {group["name"]: group["lr"] for group in optimizer.param_groups}}
+    if "ema" in evaluation:
+        row.update(eval_columns(evaluation["ema"], "ema_eval"))
+    return row
+
+
+def epoch_line(row: dict, evaluation: dict[str, dict], progress: TrainingProgress, improved: bool) -> str:
+    """The epoch's one line: the chapter's three numbers, then the eval metrics of each set of weights."""
+    line = (f"epoch {row['epoch']}: loss {row['train_loss']:.3f}, train acc {row['train_acc']:.3f}, "
+            f"test acc {row['eval_acc']:.3f} ({row['eval_count']} eval images) | "
+            + summary_line(evaluation["trained"]))
+    if "ema" in evaluation:
+        line += " | EMA: " + summary_line(evaluation["ema"])
+    return line + (f" | best ({progress.best['weights']})" if improved else "")
 
 
 def stop_for_sigterm(parts: TrainingParts, progress: TrainingProgress) -> None:
@@ -135,28 +164,47 @@ def finish(parts: TrainingParts, progress: TrainingProgress) -> dict:
     accelerator, output_dir = parts.accelerator, Path(parts.config.output_dir)
     device = accelerator.device
     devices = gather_object([device.type if device.type == "cpu" else str(device)])
+    # On every process: the selected weights go into the model and are evaluated (eval, test, TTA) together.
+    report = None if progress.already_finished else final_evaluation(parts, progress)
     metrics = [None]
     if accelerator.is_main_process:
         if progress.already_finished:
             accelerator.print(f"{output_dir} already holds this finished run: nothing to train")
             metrics = [json.loads((output_dir / "metrics.json").read_text())]
         else:
-            metrics = [final_metrics(progress.history, devices, accelerator.num_processes, len(parts.data.bad_files))]
+            metrics = [final_metrics(progress.history, report, devices, accelerator.num_processes,
+                                     len(parts.data.bad_files))]
             save_results(parts, metrics[0])
-        for line in summary_lines(metrics[0]["final"], metrics[0]["devices"]):
+        for line in summary_lines(metrics[0]["final"], metrics[0]["devices"]) + selection_lines(metrics[0]):
             accelerator.print(line)
     if accelerator.num_processes > 1:
         broadcast_object_list(metrics)
     return metrics[0]
 
 
-def final_metrics(history: list[dict], devices: list[str], num_processes: int, bad_files: int) -> dict:
-    """metrics.json: the per-epoch history, and the final epoch with the whole run's throughput and time."""
+def final_metrics(history: list[dict], report: dict, devices: list[str], num_processes: int, bad_files: int) -> dict:
+    """metrics.json: the per-epoch history; "final", the selected epoch's row with the saved weights' eval numbers
+    and the whole run's throughput and time; "selected", how it was selected and its full metrics per split
+    (per class, confusion matrix; test and TTA when there are)."""
     train_seconds = sum(row["train_count"] / row["examples_per_sec"] for row in history)
-    final = {**history[-1], "examples_per_sec": sum(row["train_count"] for row in history) / train_seconds,
-             "total_seconds": sum(row["epoch_seconds"] for row in history)}
-    return {"history": history, "final": final, "devices": devices, "num_processes": num_processes,
-            "bad_files": bad_files}
+    row = next(row for row in history if row["epoch"] == report["selected"]["epoch"])
+    final = {**row, **eval_columns(report["eval"]),
+             "examples_per_sec": sum(row["train_count"] for row in history) / train_seconds,
+             "total_seconds": sum(row["epoch_seconds"] for row in history),
+             "selected_epoch": report["selected"]["epoch"], "selected_weights": report["selected"]["weights"]}
+    return {"history": history, "final": final, "selected": report, "devices": devices,
+            "num_processes": num_processes, "bad_files": bad_files}
+
+
+def selection_lines(metrics: dict) -> list[str]:
+    """What was saved, and its numbers on each evaluated split."""
+    report = metrics.get("selected")
+    if not report:
+        return []
+    selected = report["selected"]
+    lines = [f"saved: epoch {selected['epoch']}, {selected['weights']} weights ({selected['rule']})"]
+    return lines + [f"{split.replace('_tta', ' +flip TTA')}: {summary_line(report[split])}"
+                    for split in ("eval", "eval_tta", "test", "test_tta") if split in report]
 
 
 def save_results(parts: TrainingParts, metrics: dict) -> None:
@@ -164,6 +212,9 @@ def save_results(parts: TrainingParts, metrics: dict) -> None:
     save_classifier(unwrap(parts.model), output_dir)
     write_json(output_dir / "metrics.json", metrics)
     plot_training_curves(metrics["history"], output_dir / "training_curves.png")
+    # The held-out test split when there is one: the eval split also chose the epoch.
+    shown = metrics["selected"].get("test") or metrics["selected"]["eval"]
+    plot_confusion_matrix(shown["confusion_matrix"], shown["label_names"], output_dir / "confusion_matrix.png")
     write_model_card(output_dir)
 
 

@@ -21,7 +21,9 @@ from .predict import load_classifier
 logger = logging.getLogger(__name__)
 
 # Exactly what a push publishes: the model in timm's Hub layout, its card and the card's picture.
-PUSHED_FILES = ("config.json", "model.safetensors", "README.md", "training_curves.png")
+PUSHED_FILES = ("config.json", "model.safetensors", "README.md", "training_curves.png",
+                "confusion_matrix.png")
+OPTIONAL_FILES = {"confusion_matrix.png"}  # runs recorded before model selection have none
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 # create_repo, the card's YAML check and the commit POST are not retried by huggingface_hub itself.
 RETRY_WAITS = (1.0, 2.0, 4.0, 8.0)
@@ -36,7 +38,8 @@ def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
     output_dir = Path(output_dir)
     check_push_possible(repo_id)
     final = read_run_records(output_dir)[1]["final"]  # also a clear error for a folder that is no finished run
-    missing = [name for name in PUSHED_FILES if name != "README.md" and not (output_dir / name).is_file()]
+    missing = [name for name in PUSHED_FILES
+               if name != "README.md" and name not in OPTIONAL_FILES and not (output_dir / name).is_file()]
     if missing:
         raise UserError(f"{output_dir} lacks {', '.join(missing)}: push the --output-dir of a finished run")
 
@@ -50,7 +53,8 @@ def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
     # commit whose answer was lost uploads nothing: create_commit drops files the Hub already has.
     commit = _with_retries(f"upload {output_dir} to {repo_id}", retry_command, lambda: api.create_commit(
         repo_id,
-        [CommitOperationAdd(path_in_repo=name, path_or_fileobj=output_dir / name) for name in PUSHED_FILES],
+        [CommitOperationAdd(path_in_repo=name, path_or_fileobj=output_dir / name) for name in PUSHED_FILES
+         if (output_dir / name).is_file()],
         commit_message=f"Upload fine-tuned model (eval accuracy {final['eval_acc']:.4f})",
     ))
     verify_pushed(output_dir, repo_id, commit.oid)

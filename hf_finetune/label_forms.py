@@ -76,7 +76,8 @@ def head_similarity(label_words: list[str], source_words: list[str]) -> float:
     """Dice coefficient of the shared ending of two names (see the module docstring), 0.0 when ruled out."""
     if label_words[-1].endswith("s") and source_words[-1].endswith("s"):
         # a shared plural ending is grammar, not a shared head: "oysters" and "balusters" share "ster" only
-        label_words, source_words = label_words[:-1] + [label_words[-1][:-1]], source_words[:-1] + [source_words[-1][:-1]]
+        label_words = label_words[:-1] + [label_words[-1][:-1]]
+        source_words = source_words[:-1] + [source_words[-1][:-1]]
     label, source = "".join(label_words), "".join(source_words)
     shared = _common_suffix_length(label, source)
     if shared >= len(label) or 2 * shared / (len(label) + len(source)) < MIN_DICE:

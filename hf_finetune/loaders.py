@@ -121,3 +121,12 @@ def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size:
     # Order and augmentation depend on (seed, epoch, index) only: see sampling.py.
     train_loader = DataLoader(SeededAugmentation(train, seed), sampler=EpochShuffleSampler(len(train), seed), **common)
     return train_loader, DataLoader(evaluation, shuffle=False, **common)
+
+
+def create_eval_loader(dataset, model: nn.Module, per_device_batch_size: int, num_workers: Optional[int],
+                       num_processes: int = 1) -> DataLoader:
+    """A loader of another evaluated split (the test split), exactly as the eval split's."""
+    settings = ImageSettings.from_model(model)
+    workers = default_num_workers(num_processes) if num_workers is None else num_workers
+    return DataLoader(ImageSamples(dataset, create_transforms(settings)[1], settings), batch_size=per_device_batch_size,
+                      shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())

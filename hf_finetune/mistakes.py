@@ -1,4 +1,5 @@
-"""The most confident mistakes as a grid of photos (fastai's plot_top_losses): what the model gets wrong, and how sure it was."""
+"""The most confident mistakes as a grid of photos (fastai's plot_top_losses): what the model gets wrong, and
+how sure it was."""
 
 from __future__ import annotations
 

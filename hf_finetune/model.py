@@ -100,8 +100,8 @@ def _create_source_model(name: str, pretrained: bool, pretrained_path: Optional[
             size = _constructor_size(model, img_size)
             return timm.create_model(name, pretrained=pretrained, **size) if size else model
         except Exception as error:  # timm/hub raise many types: bad tag, offline, missing files
-            raise UserError(f"could not create {name!r} (pretrained={pretrained}): {first_line(error)}; check the name and "
-                            "tag, pass --pretrained-path FILE, or --no-pretrained") from None
+            raise UserError(f"could not create {name!r} (pretrained={pretrained}): {first_line(error)}; check the "
+                            "name and tag, pass --pretrained-path FILE, or --no-pretrained") from None
     state = _load_weights_file(pretrained_path)
     model = timm.create_model(name, pretrained=False)
     size = _constructor_size(model, img_size)
@@ -113,8 +113,9 @@ def _create_source_model(name: str, pretrained: bool, pretrained_path: Optional[
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
+        lines = str(error).splitlines()  # the first says "Error(s) in loading state_dict"; the second which
         raise UserError(f"--pretrained-path {pretrained_path} does not fit {name}: "
-                        f"{str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else error}") from None
+                        f"{lines[1].strip() if len(lines) > 1 else error}") from None
     return model
 
 

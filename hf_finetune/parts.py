@@ -15,11 +15,12 @@ import torch
 from .cache import prepare_images
 from .config import FinetuneConfig
 from .data import ImageData, load_image_data
+from .ema import create_ema
 from .errors import UserError
 from .freezing import backbone_parameters, count_parameters, parameters_to_freeze, set_requires_grad
 from .guard import node_main_first
 from .hardware import Precision, machine_precision
-from .loaders import Normalize, create_dataloaders, create_normalize
+from .loaders import Normalize, create_dataloaders, create_eval_loader, create_normalize
 from .model import SourceModel, create_classifier
 from .optim import create_optimizer, create_param_groups, create_scheduler
 from .reuse import reuse_classifier_rows
@@ -43,6 +44,8 @@ class TrainingParts:
     parameter_counts: tuple[int, int]  # (trainable, total); the head warm-up's temporary freeze not counted
     reused_rows: list = field(default_factory=list)  # head rows copied from the source classifier
     warmup_frozen: set = field(default_factory=set)  # backbone parameters frozen during the head warm-up
+    ema: object = None  # timm ModelEmaV3 with --model-ema (ema.py)
+    test_loader: object = None  # the test split's, when the data has one beside its eval split (data.py)
 
 
 def create_accelerator(config: FinetuneConfig, precision: Precision):
@@ -100,6 +103,8 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
     train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
                                                    accelerator.num_processes, config.seed)
     normalize = create_normalize(model)
+    test_loader = (None if data.test is None else create_eval_loader(data.test, model, batch_per_device,
+                                                                     config.num_workers, accelerator.num_processes))
     frozen = parameters_to_freeze(model, config.freeze, config.freeze_fraction)
     set_requires_grad(model, frozen, False)  # before the optimizer: frozen parameters are not in it
     optimizer = create_optimizer(create_param_groups(model, config), config)
@@ -107,13 +112,17 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
     warmup_frozen = backbone_parameters(model) - frozen if config.freeze_epochs else set()
     counts = count_parameters(model)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    test_loader = accelerator.prepare(test_loader) if test_loader is not None else None
     updates_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     scheduler = accelerator.prepare(create_scheduler(optimizer, config, updates_per_epoch * config.epochs))
     identity = {"model": config.model, "label_names": data.label_names, "train_data": fingerprints[0],
                 "eval_data": fingerprints[1], "num_processes": accelerator.num_processes,
                 "batch_size": config.batch_size, "gradient_accumulation_steps": config.gradient_accumulation_steps}
+    if config.model_ema:  # only then: checkpoints of runs without it keep their identity
+        identity["model_ema"] = True
     return TrainingParts(config, accelerator, precision, data, source, model, optimizer, scheduler, train_loader,
-                         eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen)
+                         eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen,
+                         create_ema(model, config), test_loader)
 
 
 def _create_model(config: FinetuneConfig, label_names: list[str]):

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 # What a finished run leaves in its output folder besides checkpoints/, moved aside with them by --resume none.
 RUN_RESULTS = ("config.json", "model.safetensors", "README.md", "metrics.json", "training_curves.png",
-               "run_config.json")
+               "confusion_matrix.png", "run_config.json")
 
 
 def resume_training(parts: TrainingParts) -> tuple[TrainingProgress, Optional[ResumePoint]]:
@@ -78,7 +78,8 @@ def _find_start(parts: TrainingParts) -> dict:
         checkpoint = read_checkpoint(path)
     except UserError as error:
         return {"error": str(error)}
-    finished = checkpoint["progress"]["epoch"] >= config.epochs and (output_dir / "metrics.json").is_file()
+    done = checkpoint["progress"]["epoch"] >= config.epochs or checkpoint["progress"].get("stopped_early")
+    finished = done and (output_dir / "metrics.json").is_file()
     return {"checkpoint": checkpoint, "finished": finished}
 
 

@@ -20,7 +20,8 @@ def main() -> None:
                         help="Real images to check the export on (default: the first 3 of the run's data folder).")
     parser.add_argument("--push-to-hub", metavar="REPO",
                         help="Add model.onnx + preprocessor.json (and, from a run folder, the card with onnxruntime "
-                             "usage) to this model repo in one commit. The token comes from HF_TOKEN or `hf auth login`.")
+                             "usage) to this model repo in one commit. The token comes from HF_TOKEN or "
+                             "`hf auth login`.")
     args = parser.parse_args()
 
     from hf_finetune.export import export_onnx

@@ -7,6 +7,7 @@ from pathlib import Path
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.files import write_json
 from hf_finetune.model import create_classifier, save_classifier
+from hf_finetune.plots import plot_confusion_matrix
 from hf_finetune.report import library_versions, plot_training_curves
 
 LABELS = ["hot dog", "not_hotdog", "taco|burrito"]  # a space and a `|` exercise the label table
@@ -27,7 +28,7 @@ def make_finished_run(output_dir: Path, model_name: str = "test_resnet", labels=
     save_classifier(model, output_dir)
     history = [_epoch(1, 0.5833333333333334), _epoch(2, 0.9166666666666666)]
     metrics = {"history": history, "final": {**history[-1], "total_seconds": 3.0}, "devices": ["cpu"],
-               "num_processes": 1}
+               "num_processes": 1, "selected": _selected_report(list(labels), history[-1]["eval_acc"])}
     config = FinetuneConfig(model=model_name, data_dir="/home/alice/photos/tiny", output_dir=str(output_dir), epochs=2,
                             batch_size=8, seed=seed).validate()
     run_config = {
@@ -47,4 +48,21 @@ def make_finished_run(output_dir: Path, model_name: str = "test_resnet", labels=
     write_json(output_dir / "metrics.json", metrics)
     write_json(output_dir / "run_config.json", run_config)
     plot_training_curves(history, output_dir / "training_curves.png")
+    evaluated = metrics["selected"]["eval"]
+    plot_confusion_matrix(evaluated["confusion_matrix"], evaluated["label_names"], output_dir / "confusion_matrix.png")
     return output_dir
+
+
+def _selected_report(labels: list[str], accuracy: float) -> dict:
+    """metrics.json's "selected": what a run computes with metrics.ClassificationMetrics at its end (12 images)."""
+    import torch
+
+    from hf_finetune.metrics import ClassificationMetrics
+
+    true = torch.arange(12) % len(labels)
+    predicted = torch.where(torch.arange(12) < round(accuracy * 12), true, (true + 1) % len(labels))
+    metrics = ClassificationMetrics(len(labels), labels)
+    metrics.update(predicted, true)
+    evaluated = {**metrics.compute(), "loss": 0.4}
+    return {"selected": {"epoch": 2, "weights": "trained", "score": 0.4, "metric": "eval_loss",
+                         "rule": "best eval_loss on the eval split"}, "eval": evaluated}

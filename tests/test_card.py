@@ -37,7 +37,7 @@ def test_front_matter_is_valid_and_model_index_equals_metrics(run_dir):
     final = json.loads((run_dir / "metrics.json").read_text())["final"]
     assert meta["library_name"] == "timm" and meta["pipeline_tag"] == "image-classification"
     assert set(meta["tags"]) >= {"image-classification", "timm", "transformers", "hf_finetune"}
-    assert meta["metrics"] == ["accuracy"]
+    assert meta["metrics"] == ["accuracy", "f1"]
     # From scratch on a local folder: no base model, no license to inherit, no Hub dataset to name.
     assert not {"base_model", "license", "datasets"} & set(meta)
     (result,) = meta["model-index"][0]["results"]
@@ -144,3 +144,26 @@ def test_template_is_found_in_an_installed_package(tmp_path, monkeypatch):
     monkeypatch.setattr(card_module, "__file__", str(prefix / "lib/site-packages/hf_finetune/card.py"))
     monkeypatch.setattr(sys, "prefix", str(prefix))
     assert find_template() == prefix / "share/hf_finetune/model_cards/template.md"
+
+
+def test_card_says_which_weights_were_selected_and_how(tmp_path):
+    from huggingface_hub import ModelCard
+
+    run = make_finished_run(tmp_path / "run")
+    metrics, run_config = (json.loads((run / name).read_text()) for name in ("metrics.json", "run_config.json"))
+    metrics["selected"]["selected"]["weights"] = "ema"
+    run_config["config"].update(model_ema=True, ema_decay=0.999, patience=3, epochs=10)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "run_config.json").write_text(json.dumps(run_config))
+    text = write_model_card(run).read_text()
+    assert ("The model is the exponential moving average (EMA) of the weights of epoch 2 of 2, the best by "
+            "`eval_loss` on the `val` split, which therefore helped choose it.") in text
+    assert "Early stopping (patience 3) stopped training after 2 of 10 epochs." in text
+    assert "![Confusion matrix on the val split](confusion_matrix.png)" in text
+    # A run recorded before model selection keeps its one accuracy and no selection section.
+    del metrics["selected"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "confusion_matrix.png").unlink()
+    card = ModelCard.load(write_model_card(run))
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", metrics["final"]["eval_acc"])]
+    assert "therefore helped choose it" not in card.text and "Per class" not in card.text

@@ -180,3 +180,21 @@ def test_hub_string_labels_are_encoded_with_the_train_classes(tmp_path, hub):
     _upload_parquet_dataset(hub, tmp_path, "tester/stranger", {"train": ["ant", "bee"], "test": ["bee", "emu"]})
     with pytest.raises(UserError, match="split test of tester/stranger has label\\(s\\) that train does not: emu"):
         load_image_data(FinetuneConfig(dataset_name="tester/stranger", cache_dir=str(tmp_path / "cache")))
+
+
+def test_validation_selects_and_test_is_held_out_in_folders_and_hub_datasets(tmp_path, hub):
+    from huggingface_hub import HfApi
+
+    folder = make_image_folder(tmp_path / "ds", classes=("ant", "bee"), per_class=(3, 2, 1),
+                               splits=("train", "validation", "test"))
+    data = load_image_data(FinetuneConfig(data_dir=str(folder), cache_dir=str(tmp_path / "cache")))
+    assert (data.eval_split, len(data.eval), data.test_split, len(data.test)) == ("validation", 4, "test", 2)
+    # Asked to evaluate on test, there is nothing left to hold out.
+    data = load_image_data(FinetuneConfig(data_dir=str(folder), eval_split="test", cache_dir=str(tmp_path / "cache")))
+    assert (data.eval_split, data.test, data.test_split) == ("test", None, None)
+    api = HfApi(endpoint=hub.url, token="hf_test_token")
+    api.create_repo("tester/insects3", repo_type="dataset")
+    api.upload_folder(folder_path=folder, repo_id="tester/insects3", repo_type="dataset")
+    data = load_image_data(FinetuneConfig(dataset_name="tester/insects3", cache_dir=str(tmp_path / "cache")))
+    assert (data.eval_split, len(data.eval), data.test_split, len(data.test)) == ("validation", 4, "test", 2)
+    assert data.test.features["label"].names == ["ant", "bee"]

@@ -70,8 +70,9 @@ def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path
     assert "resumed from" in result.stdout and "epoch 1:" not in result.stdout and "epoch 2:" in result.stdout
     assert "its own learning rates" not in result.stderr
     assert [row["epoch"] for row in _metrics(out)["history"]] == [1, 2]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001-step-000000",
-                                                                       "epoch-0002-step-000000"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("best-")) == [
+        "epoch-0001-step-000000", "epoch-0002-step-000000"]
+    assert len(list((out / "checkpoints").glob("best-epoch-*"))) == 1  # the best weights, the one folder kept
     # A changed --lr cannot apply to a resumed optimizer and schedule: the run says which rates it keeps.
     result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "3", "--lr", "0.1",
                         "--output-dir", out)
@@ -85,6 +86,10 @@ def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path
     (["--model", "resnet19x"], "closest timm names: resnet18"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--optimizer", "adam"], "invalid choice"),
+    (["--select-metric", "f1"], "--select-metric f1: unknown; use one of eval_loss, accuracy, macro_f1"),
+    (["--select-metric", "top5"], "--select-metric top5 needs at least 5 classes, the data has 2"),
+    (["--patience", "0"], "--patience must be at least 1 epoch"),
+    (["--tta", "five-crop"], "invalid choice"),
 ])
 def test_bad_input_is_one_clear_line_not_a_traceback(tiny_folder, tmp_path, args, message):
     argv = ["--data-dir", tiny_folder, *TINY, "--output-dir", tmp_path / "out"]
