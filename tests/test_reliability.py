@@ -79,6 +79,7 @@ def _same_history(first: Path, second: Path) -> None:
 OPTIMIZERS = {"momentum": ["--momentum", "0.9"], "adamw": ["--optimizer", "adamw", "--lr", "1e-3"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, optimizer", [(0, "momentum"), (2, "adamw")])
 def test_sigterm_mid_epoch_then_resume_is_bitwise_identical(photos, tmp_path, workers, optimizer):
     argv = lambda out: _args(photos, out, "--epochs", "2", *OPTIMIZERS[optimizer], workers=workers)  # noqa: E731
@@ -133,6 +134,7 @@ def _epochs_done(out: Path) -> int:
     return int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_and_mid_save_always_resumes(photos, tmp_path):
     out = tmp_path / "out"
     argv = _args(photos, out, "--epochs", "30", "--keep-checkpoints", "1")  # long enough to be killed 6 times
@@ -298,6 +300,7 @@ def _finish(agents: list[subprocess.Popen]) -> list[str]:
     return [out for out, _ in outputs]
 
 
+@pytest.mark.slow
 def test_two_nodes_without_a_shared_disk_train_stop_and_resume_exactly(photos, tmp_path):
     _finish(_start_two_nodes(photos, tmp_path, "straight"))
     node0, node1 = tmp_path / "node0", tmp_path / "node1"
