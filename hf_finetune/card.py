@@ -225,17 +225,14 @@ def _training_details(run: dict, metrics: dict) -> list[tuple[str, str]]:
     frozen = _describe_frozen(run.get("frozen") or {})
     if frozen:
         rows.append(("frozen layers", frozen))
-    bad_files = metrics.get("bad_files", run.get("bad_files"))
-    if bad_files is not None:
-        rows.append(("unreadable images skipped", _count(bad_files)))
+    if metrics.get("bad_files") is not None:  # only the count: run_config's list names local files
+        rows.append(("unreadable images skipped", metrics["bad_files"]))
     if run.get("label_matches"):
         rows.append(("head rows copied from the source classifier", len(run["label_matches"])))
     return [(name, _cell(value)) for name, value in rows]
 
 
-def _describe_frozen(frozen) -> str:
-    if not isinstance(frozen, dict):  # a plain list of frozen groups
-        return ", ".join(map(str, frozen))
+def _describe_frozen(frozen: dict) -> str:
     parts = []
     if frozen.get("groups"):
         parts.append(f"groups {frozen['groups']}")
@@ -249,9 +246,3 @@ def _describe_frozen(frozen) -> str:
         parts.append("all BatchNorm statistics")
     return "; ".join(parts)
 
-
-def _count(value) -> int:
-    # Only the count: the entries themselves name local files.
-    if isinstance(value, dict) and "count" in value:
-        return int(value["count"])
-    return len(value) if isinstance(value, (list, dict)) else int(value)

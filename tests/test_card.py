@@ -107,14 +107,18 @@ def test_pretrained_hub_source_and_hub_dataset_fill_front_matter(tmp_path):
 
 
 def test_later_run_records_appear_when_present(tmp_path):
+    # In the shapes finetune.record_start and finetune.final_metrics write them.
     run = make_finished_run(
-        tmp_path / "run", frozen=["stem", "stages.0"],
+        tmp_path / "run", bad_files=[{"split": "train", "path": "/home/alice/photos/train/a.jpg", "reason": "x"}] * 3,
+        frozen={"groups": "stem,stages.0", "fraction": 0.0, "num_params": 1234, "head_warmup_epochs": 1,
+                "batchnorm_frozen": False},
         label_matches=[{"label": "hot dog", "source_index": 934, "source_label": "hotdog, hot dog, red hot"}])
     metrics = json.loads((run / "metrics.json").read_text())
-    metrics["bad_files"] = [{"path": "/home/alice/photos/train/a.jpg", "reason": "truncated"}] * 3
+    metrics["bad_files"] = 3
     (run / "metrics.json").write_text(json.dumps(metrics))
     text = write_model_card(run).read_text()
-    assert "| frozen layers | stem, stages.0 |" in text
+    assert ("| frozen layers | groups stem,stages.0; 1,234 parameters; whole backbone for the first 1 epoch(s) "
+            "(head warm-up) |") in text
     assert "| unreadable images skipped | 3 |" in text and "alice" not in text
     assert "| 0 | hot dog | 934 (hotdog, hot dog, red hot) |" in text
     assert "| 1 | not_hotdog |  |" in text
