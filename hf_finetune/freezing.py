@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 def layer_depths(model: nn.Module) -> dict[str, int]:
     """Parameter name -> depth from the top (0 = the group holding the classifier), via timm's group_matcher."""
-    from timm.models._manipulate import group_parameters
+    from timm.models import group_parameters
 
     if not hasattr(model, "group_matcher"):
         raise UserError(f"{type(model).__name__} has no timm group_matcher: layer groups are unknown for it")
