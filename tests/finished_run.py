@@ -29,7 +29,7 @@ def make_finished_run(output_dir: Path, model_name: str = "test_resnet", labels=
     history = [_epoch(1, 0.5833333333333334), _epoch(2, 0.9166666666666666)]
     metrics = {"history": history, "final": {**history[-1], "total_seconds": 3.0}, "devices": ["cpu"],
                "num_processes": 1}
-    config = dataclasses.replace(FinetuneConfig(), model=model_name, data_dir="/home/alice/photos/tiny",
+    config = dataclasses.replace(FinetuneConfig(recipe="d2l").validate(), model=model_name, data_dir="/home/alice/photos/tiny",
                                  output_dir=str(output_dir), epochs=2, batch_size=8, seed=seed)
     run_config = {
         "config": config.to_dict(),

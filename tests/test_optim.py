@@ -39,7 +39,7 @@ def test_one_group_without_param_group():
 
 
 def test_chapter_sgd_defaults():
-    config = FinetuneConfig().validate()
+    config = FinetuneConfig(recipe="d2l").validate()
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     assert type(optimizer).__name__ == "SGD"
