@@ -64,7 +64,7 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
         labels = batch["label"]
         # With Mixup/CutMix, train accuracy counts the mixed images' predictions against their unmixed labels.
         images, targets = parts.objective.mix(normalize(batch["pixel_values"]), labels,
-                                              key=(parts.config.seed, epoch, step, accelerator.process_index))
+                                              key=(epoch, step, accelerator.process_index))
         with accelerator.accumulate(model):
             logits = model(images)
             loss = parts.objective.loss(logits, targets)

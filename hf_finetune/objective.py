@@ -29,8 +29,9 @@ def balanced_class_weights(labels, num_classes: int) -> torch.Tensor:
 
 class TrainingObjective:
     def __init__(self, num_classes: int, label_smoothing: float = 0.0, class_weights: Optional[torch.Tensor] = None,
-                 mixup: float = 0.0, cutmix: float = 0.0):
+                 mixup: float = 0.0, cutmix: float = 0.0, seed: int = 0):
         self.num_classes, self.label_smoothing, self.class_weights = num_classes, label_smoothing, class_weights
+        self.seed = seed
         self.mixer = None
         if mixup or cutmix:
             from timm.data import Mixup
@@ -43,7 +44,7 @@ class TrainingObjective:
         """(input, targets). With Mixup/CutMix every image is blended with the batch flipped (timm's batch mode:
         one Beta draw, and a box for CutMix, per batch); timm needs an even batch, so an odd last batch leaves its
         last image unmixed with its one-hot target. timm draws from numpy's global RNG: here it is seeded from
-        `key` (seed, epoch, step, process) and restored, so the mixing of a batch is the same in a resumed run
+        the run's seed and `key` (epoch, step, process) and restored, so the mixing of a batch is the same in a resumed run
         (as sampling.py does for the crops)."""
         if self.mixer is None:
             return images, labels
@@ -51,7 +52,7 @@ class TrainingObjective:
         even = len(labels) - len(labels) % 2
         if even:
             state = np.random.get_state()
-            np.random.seed(hash(key) & 0xFFFF_FFFF)
+            np.random.seed(hash((self.seed, *key)) & 0xFFFF_FFFF)
             try:
                 images[:even], targets[:even] = self.mixer(images[:even], labels[:even])
             finally:
@@ -67,4 +68,4 @@ class TrainingObjective:
 
 def create_objective(config, train_labels, num_classes: int) -> TrainingObjective:
     weights = balanced_class_weights(train_labels, num_classes) if config.class_weights == "balanced" else None
-    return TrainingObjective(num_classes, config.label_smoothing, weights, config.mixup, config.cutmix)
+    return TrainingObjective(num_classes, config.label_smoothing, weights, config.mixup, config.cutmix, config.seed)

@@ -113,7 +113,6 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
     counts = count_parameters(model)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     updates_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
-    resolve_for_data(config, len(data.train), accelerator.num_processes, updates_per_epoch)  # the LR warm-up
     scheduler = accelerator.prepare(create_scheduler(optimizer, config, updates_per_epoch * config.epochs))
     identity = {"model": config.model, "label_names": data.label_names, "train_data": fingerprints[0],
                 "eval_data": fingerprints[1], "num_processes": accelerator.num_processes,

@@ -67,12 +67,14 @@ def apply_recipe(config) -> dict:
     return filled
 
 
-def resolve_for_data(config, train_size: int, num_processes: int, updates_per_epoch=None) -> dict:
-    """Fill the batch size (before the loaders exist) or, given updates_per_epoch, the warm-up steps."""
+def resolve_warmup(config, total_updates: int) -> dict:
+    """Fill the warm-up steps, a fraction of all optimizer updates (optim.create_scheduler calls it)."""
+    return _fill(config, {"warmup_steps": math.ceil(get_recipe(config.recipe).warmup_fraction * total_updates)})
+
+
+def resolve_for_data(config, train_size: int, num_processes: int) -> dict:
+    """Fill the batch size, once the training set's size is known (before the loaders exist)."""
     recipe = get_recipe(config.recipe)
-    if updates_per_epoch is not None:
-        steps = math.ceil(recipe.warmup_fraction * updates_per_epoch * config.epochs)
-        return _fill(config, {"warmup_steps": steps})
     shares = num_processes * config.gradient_accumulation_steps
     size = 128 if recipe.batch_size == "chapter" else small_data_batch_size(train_size)
     return _fill(config, {"batch_size": math.ceil(size / shares) * shares})

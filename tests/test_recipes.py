@@ -9,13 +9,13 @@ from conftest import make_image_folder, run_script
 
 from hf_finetune.config import FinetuneConfig, parse_config
 from hf_finetune.errors import UserError
-from hf_finetune.recipes import resolve_for_data, small_data_batch_size
+from hf_finetune.recipes import resolve_for_data, resolve_warmup, small_data_batch_size
 
 
 def test_d2l_recipe_is_the_chapter():
     config = parse_config(["--recipe", "d2l"])
     resolve_for_data(config, train_size=2000, num_processes=1)
-    resolve_for_data(config, train_size=2000, num_processes=1, updates_per_epoch=16)
+    resolve_warmup(config, total_updates=80)
     assert (config.optimizer, config.momentum, config.lr_scheduler, config.warmup_steps) == ("sgd", 0, "constant", 0)
     assert (config.lr, config.head_lr_mult, config.weight_decay) == (5e-5 * 128, 10, 1e-3 / 128)
     assert (config.batch_size, config.epochs, config.freeze_epochs, config.label_smoothing) == (128, 5, 0, 0)
@@ -31,7 +31,7 @@ def test_default_recipe_warms_up_the_head_then_fine_tunes_with_momentum_cosine_a
     assert parse_config(["--epochs", "3"]).freeze_epochs == 1  # at most half the epochs head-only
     assert parse_config(["--epochs", "1"]).freeze_epochs == 0
     resolve_for_data(config, train_size=200, num_processes=1)
-    resolve_for_data(config, train_size=200, num_processes=1, updates_per_epoch=13)
+    resolve_warmup(config, total_updates=13 * 5)
     assert config.batch_size == 16 and config.warmup_steps == 7  # ceil(10% of 13 x 5 updates)
     assert config.recipe_values["batch_size"] == 16 and config.recipe_values["warmup_steps"] == 7
 
