@@ -14,4 +14,4 @@ def finetune_config(spec: dict, **overrides):
     from hf_finetune.config import FinetuneConfig
 
     return FinetuneConfig(data_dir=str(spec["root"]), cache_dir=spec["cache_dir"], model=spec["model"],
-                          img_size=spec["img_size"], **overrides)
+                          img_size=spec["img_size"], **{"recipe": "d2l", **overrides})  # the chapter's loop

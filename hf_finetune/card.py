@@ -16,6 +16,7 @@ from typing import Optional
 from .card_results import METRIC_IDS, eval_results, results_context
 from .errors import UserError
 from .files import write_text
+from .recipes import recipe_card_rows
 
 TEMPLATE_RELATIVE_PATH = Path("model_cards") / "template.md"
 TAGS = ["image-classification", "timm", "transformers", "hf_finetune"]
@@ -204,7 +205,7 @@ def _hyperparameter_rows(run: dict, metrics: dict) -> list[tuple[str, str]]:
         ("devices", ", ".join(metrics.get("devices", [])) or "?"),
         ("mixed precision", _describe_precision(run)),
         ("seed", config["seed"]),
-    ]
+    ] + recipe_card_rows(run)
     return [(name, _cell(value)) for name, value in rows]
 
 

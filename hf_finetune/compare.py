@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from .card import write_model_card
-from .config import FinetuneConfig
+from .config import parse_config
+from .recipes import DEFAULT_RECIPE
 from .errors import UserError
 
 # name -> (description, extra flags). Flags come after the user's, so they win.
@@ -26,20 +27,17 @@ VARIANTS = {
                ["--pretrained", "--no-reuse-classifier", "--freeze-fraction", "0.5"]),
     "warmup": ("pretrained, head-only first epoch, then all layers",
                ["--pretrained", "--no-reuse-classifier", "--freeze-epochs", "1"]),
+    # The row pair of issue 13: the chapter's recipe vs the default one, everything else as the user gave it.
+    "d2l": ("the d2l chapter's recipe (--recipe d2l)", ["--pretrained", "--recipe", "d2l"]),
+    "default": (f"the default recipe (--recipe {DEFAULT_RECIPE})", ["--pretrained", "--recipe", DEFAULT_RECIPE]),
 }
 COLUMNS = ("train_loss", "train_acc", "eval_acc", "examples_per_sec", "total_seconds")
 
 
-def _option(args: list[str], name: str, default: str) -> str:
-    flags = {f"--{name}", f"--{name.replace('-', '_')}"}
-    values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in flags]
-    return values[-1] if values else default
-
-
 def variant_args(name: str, user_args: list[str], output_dir: Path) -> list[str]:
     _, flags = VARIANTS[name]
-    if name == "scratch":  # the chapter trains from scratch at 10x the fine-tuning LR
-        flags = flags + ["--lr", repr(10 * float(_option(user_args, "lr", repr(FinetuneConfig.lr))))]
+    if name == "scratch":  # the chapter trains from scratch at 10x the fine-tuning LR (given, or the recipe's)
+        flags = flags + ["--lr", repr(10 * parse_config(user_args).lr)]
     return [*user_args, *flags, "--output-dir", str(output_dir / name)]
 
 

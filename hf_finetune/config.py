@@ -21,9 +21,19 @@ SELECT_METRICS = {"eval_loss": ("loss", False), "accuracy": ("accuracy", True), 
                   "balanced_accuracy": ("balanced_accuracy", True), "top5": ("top5", True)}
 
 
-# The chapter's SGD decay (1e-3 under its summed loss at batch 128) is no decay for AdamW, whose decoupled
-# decay is conventionally 0.05 for fine-tuning image models (timm's and the HF examples' AdamW recipes).
-DEFAULT_WEIGHT_DECAY = {"sgd": 1e-3 / 128, "adamw": 0.05}
+from .recipes import DEFAULT_RECIPE, RECIPES, apply_recipe
+
+# Options a recipe fills when left unset (None); the --help of each says "default: the recipe's".
+RECIPE_NOTE = " Default: the --recipe's value."
+
+
+def _to_bool(text: str) -> bool:
+    """An Optional[bool] flag's value (HfArgumentParser's own parsing covers plain bool fields only)."""
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise UserError(f"expected true or false, got {text!r}")
 
 
 def _doc(text: str, argparse: Optional[dict] = None, **kwargs):
@@ -121,13 +131,14 @@ class FinetuneConfig:
         "Freeze this fraction of the backbone's layer groups, from the bottom (the most general features).",
         default=0.0,
     )
-    freeze_epochs: int = _doc(
-        "Head warm-up (fastai's fine_tune): train only the head for this many epochs, backbone frozen with "
-        "BatchNorm in eval mode, then unfreeze with the layer-wise learning rates.",
-        default=0,
+    freeze_epochs: Optional[int] = _doc(
+        "Head warm-up (fastai's fine_tune, LP-FT): train only the head for this many epochs, backbone frozen "
+        "with BatchNorm in eval mode, then unfreeze with the layer-wise learning rates." + RECIPE_NOTE,
+        default=None,
     )
-    freeze_bn: bool = _doc("Keep every BatchNorm's running statistics fixed (eval mode) throughout.",
-                           default=False)
+    freeze_bn: Optional[bool] = _doc(
+        "Keep every BatchNorm's running statistics fixed (eval mode) throughout: small batches estimate them "
+        "poorly." + RECIPE_NOTE, argparse={"type": _to_bool, "nargs": "?", "const": True}, default=None)
     layer_decay: Optional[float] = _doc(
         "Scale each backbone layer group's LR by layer_decay ** (depth from the top), e.g. 0.75, using timm's "
         "group_matcher; multiplied with --head-lr-mult for the head.",
@@ -135,39 +146,73 @@ class FinetuneConfig:
     )
 
     # optimization
-    optimizer: Literal["sgd", "adamw"] = _doc("Optimizer; the chapter uses plain SGD.", default="sgd")
-    lr: float = _doc(
-        "Backbone learning rate for the MEAN loss over the global batch (the PyTorch/timm convention). "
-        "The chapter's 5e-5 is for the SUMMED loss at batch 128, which is 5e-5 x 128 = 6.4e-3 here.",
-        default=6.4e-3,
+    recipe: str = _doc(
+        "Defaults for every option marked 'Default: the --recipe's value' that is not given (a flag or --config "
+        "value always wins). "
+        + "; ".join(f"'{name}': {recipe.description}" for name, recipe in RECIPES.items()).replace("%", "%%")
+        + ". Either recipe with --optimizer adamw: lr 1e-4, weight decay 0.05. See ACCURACY.md.",
+        default=DEFAULT_RECIPE,
     )
-    head_lr_mult: float = _doc("The new classifier head trains at this multiple of --lr (the chapter: 10).",
-                               default=10.0)
+    optimizer: Optional[Literal["sgd", "adamw"]] = _doc("Optimizer." + RECIPE_NOTE, default=None)
+    lr: Optional[float] = _doc(
+        "Backbone learning rate for the MEAN loss over the global batch (the PyTorch/timm convention). "
+        "The chapter's 5e-5 is for the SUMMED loss at batch 128, which is 5e-5 x 128 = 6.4e-3 here." + RECIPE_NOTE,
+        default=None,
+    )
+    head_lr_mult: Optional[float] = _doc("The new classifier head trains at this multiple of --lr (the chapter: "
+                                         "10)." + RECIPE_NOTE, default=None)
     param_group: bool = _doc(
         "Give the head its own learning rate; '--param-group false' puts every parameter in one group at "
         "--lr, as the chapter's scratch baseline.",
         default=True,
     )
     weight_decay: Optional[float] = _doc(
-        "Weight decay on every parameter, for the mean loss. Default by optimizer: sgd 1e-3 / 128 = 7.8125e-6, "
-        "the chapter's 1e-3 under its summed loss at batch 128 (with a mean loss the decay term is not scaled "
-        "up); adamw 0.05, AdamW's usual decoupled decay for fine-tuning (the SGD value would be none at all).",
+        "Weight decay on every parameter, for the mean loss. d2l: 1e-3 / 128 = 7.8125e-6, the chapter's 1e-3 "
+        "under its summed loss at batch 128 (with a mean loss the decay term is not scaled up); adamw 0.05, "
+        "AdamW's usual decoupled decay for fine-tuning (the SGD value would be none at all)." + RECIPE_NOTE,
         default=None,
     )
-    momentum: float = _doc("SGD momentum (the chapter: 0).", default=0.0)
-    lr_scheduler: Literal["constant", "cosine"] = _doc(
-        "Learning-rate schedule over optimizer updates: 'constant' (the chapter) or 'cosine' decay to 0.",
-        default="constant",
+    momentum: Optional[float] = _doc("SGD momentum (the chapter: 0)." + RECIPE_NOTE, default=None)
+    lr_scheduler: Optional[Literal["constant", "cosine"]] = _doc(
+        "Learning-rate schedule over optimizer updates: 'constant' (the chapter) or 'cosine' decay to 0."
+        + RECIPE_NOTE, default=None,
     )
-    warmup_steps: int = _doc("Linear warm-up over this many optimizer updates (both schedules).", default=0)
+    warmup_steps: Optional[int] = _doc("Linear warm-up over this many optimizer updates (both schedules); the "
+                                       "lp-ft recipe: 10%% of all updates." + RECIPE_NOTE, default=None)
+    label_smoothing: Optional[float] = _doc(
+        "Cross-entropy label smoothing: the target puts 1 - s on the label and s / classes on every class "
+        "(torch's F.cross_entropy label_smoothing)." + RECIPE_NOTE, default=None)
+    mixup: float = _doc(
+        "Mixup alpha (timm's Mixup, on the normalized batch on its device; 0 = off): images and targets are "
+        "mixed with a Beta(alpha, alpha) weight and the loss is the soft-target cross-entropy (with "
+        "--label-smoothing and --class-weights). Train accuracy is counted against the unmixed labels. "
+        "E.g. 0.2.", default=0.0)
+    cutmix: float = _doc("CutMix alpha (timm's Mixup; 0 = off); with --mixup too, each batch picks one of the "
+                         "two with probability 0.5. E.g. 1.0.", default=0.0)
+    auto_augment: Optional[Literal["rand", "trivial"]] = _doc(
+        "Add torchvision's RandAugment ('rand': 2 ops, magnitude 9) or TrivialAugmentWide ('trivial') to the "
+        "training crops (uint8, seeded per sample like the crop).", default=None)
+    drop_path: float = _doc("Stochastic depth rate (timm's drop_path_rate at create_model), e.g. 0.1; for "
+                            "models that have it.", default=0.0)
+    class_weights: Optional[Literal["balanced"]] = _doc(
+        "'balanced': weight each class's loss by train_size / (classes x class count) (sklearn's 'balanced'), "
+        "for imbalanced folders; the weights are printed.", default=None)
 
     # training
-    epochs: int = _doc("Number of passes over the training split.", default=5)
-    batch_size: int = _doc(
+    epochs: Optional[int] = _doc("Number of passes over the training split." + RECIPE_NOTE, default=None)
+    batch_size: Optional[int] = _doc(
         "GLOBAL batch per optimizer update, whatever the number of processes: each process takes "
-        "batch_size / (processes x gradient_accumulation_steps) images per step.",
-        default=128,
+        "batch_size / (processes x gradient_accumulation_steps) images per step. Recipe d2l: 128; lp-ft: the "
+        "largest power of two at most 1/8 of the training images, within [16, 128] (at least 8 updates an "
+        "epoch), rounded up to a multiple of processes x accumulation steps.",
+        default=None,
     )
+    max_train_samples: Optional[int] = _doc(
+        "Train on at most this many images, picked stratified by class and seeded with --seed (the HF example "
+        "scripts' option), e.g. to try a huge folder in a minute; only those are decoded and cached.",
+        default=None)
+    max_eval_samples: Optional[int] = _doc("Evaluate on at most this many images, chosen as --max-train-samples.",
+                                           default=None)
     gradient_accumulation_steps: int = _doc("Micro-batches accumulated per optimizer update.", default=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _doc(
         "Autocast precision; weights and the saved model stay fp32. 'auto': bf16 on a GPU that supports it and on "
@@ -237,20 +282,30 @@ class FinetuneConfig:
         default="none",
     )
 
+    # What the recipe filled ({option: value}), for run_config.json, the start-up line and the card.
+    recipe_values: dict = field(default_factory=dict, init=False, compare=False)
+
     def validate(self) -> "FinetuneConfig":
-        """Refuse bad values with a one-line UserError; fill the defaults that depend on other options."""
+        """Refuse bad values with a one-line UserError; fill unset options from the recipe. The batch size and
+        warm-up steps depend on the data: recipes.resolve_for_data fills them once it is loaded."""
         if self.data_dir and self.dataset_name:
             raise UserError("give either --data-dir or --dataset-name, not both")
+        apply_recipe(self)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
-                    "gradient_accumulation_steps": self.gradient_accumulation_steps}
+                    "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                    "max_train_samples": self.max_train_samples, "max_eval_samples": self.max_eval_samples}
         for name, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.lr <= 0 or self.head_lr_mult <= 0:
             raise UserError("--lr and --head-lr-mult must be positive")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.drop_path < 1:
+            raise UserError("--label-smoothing and --drop-path must be in [0, 1)")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise UserError("--mixup and --cutmix are Beta alphas: 0 (off) or positive, e.g. 0.2 and 1.0")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        if (self.weight_decay or 0) < 0 or self.momentum < 0 or self.warmup_steps < 0:
+        if self.weight_decay < 0 or self.momentum < 0 or (self.warmup_steps or 0) < 0:
             raise UserError("--weight-decay, --momentum and --warmup-steps cannot be negative")
         if self.img_size is not None and self.img_size < 16:
             raise UserError(f"--img-size must be at least 16 pixels, got {self.img_size}")
@@ -268,8 +323,6 @@ class FinetuneConfig:
             raise UserError(f"--patience must be at least 1 epoch, got {self.patience}")
         if self.min_delta < 0 or not 0 < self.ema_decay < 1:
             raise UserError("--min-delta cannot be negative and --ema-decay must be between 0 and 1")
-        if self.weight_decay is None:  # the default that fits the optimizer (see --weight-decay)
-            self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
         return self
 
     def to_dict(self) -> dict:

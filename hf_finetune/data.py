@@ -16,6 +16,7 @@ from typing import Optional
 from .config import EVAL_SPLIT_NAMES, FinetuneConfig
 from .download import default_cache_dir, hotdog_dir
 from .errors import UserError, first_line
+from .subsets import select_samples
 
 logger = logging.getLogger(__name__)
 
@@ -210,11 +211,15 @@ def _datasets_cache(config: FinetuneConfig) -> Optional[str]:
 
 
 def load_image_data(config: FinetuneConfig) -> ImageData:
-    """The data the config names: --data-dir, --dataset-name, or the d2l hotdog set."""
+    """The data the config names: --data-dir, --dataset-name, or the d2l hotdog set; with --max-train-samples /
+    --max-eval-samples, a stratified seeded subset of each split (before any image is decoded)."""
     if config.dataset_name:
-        return load_hub_dataset(config)
-    if config.data_dir:
-        return load_image_folder(Path(config.data_dir).expanduser(), config)
-    data = load_image_folder(hotdog_dir(Path(config.cache_dir or default_cache_dir())), config)
-    data.name = "hotdog"
+        data = load_hub_dataset(config)
+    elif config.data_dir:
+        data = load_image_folder(Path(config.data_dir).expanduser(), config)
+    else:
+        data = load_image_folder(hotdog_dir(Path(config.cache_dir or default_cache_dir())), config)
+        data.name = "hotdog"
+    data.train = select_samples(data.train, config.max_train_samples, config.seed)
+    data.eval = select_samples(data.eval, config.max_eval_samples, config.seed)
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
@@ -53,15 +54,23 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
     sums = torch.tensor(resume.sums if resume else [0.0, 0.0, 0.0], dtype=torch.float64, device=accelerator.device)
     trained_here = 0  # images this call trains; an epoch resumed mid-way already has some in `sums`
     batches = iter(accelerator.skip_first_batches(loader, step) if step else loader)
-    if resume:  # after the iterator exists: making it draws from the RNG, as it did before the interruption
+    if resume:
+        # Accelerate's loaders are generators: the torch DataLoader iterator, whose creation draws a seed from
+        # torch's RNG, only comes to exist at the first next(). Take that batch first, then restore the RNG,
+        # so that drop path and dropout draw what they drew before the interruption.
+        first = next(batches, None)
         restore_rng_state(resume.rng_state)
+        batches = itertools.chain([first] if first is not None else [], batches)
     bar = tqdm(total=len(loader), initial=step, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
                leave=False)
     for batch in batches:
-        images, labels = normalize(batch["pixel_values"]), batch["label"]
+        labels = batch["label"]
+        # With Mixup/CutMix, train accuracy counts the mixed images' predictions against their unmixed labels.
+        images, targets = parts.objective.mix(normalize(batch["pixel_values"]), labels,
+                                              key=(epoch, step, accelerator.process_index))
         with accelerator.accumulate(model):
             logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = parts.objective.loss(logits, targets)
             stop = guard.check(accelerator, loss)
             if stop == NON_FINITE:
                 leave_together(accelerator)

@@ -28,6 +28,7 @@ from .model import save_classifier, unwrap
 from .optim import describe_param_groups
 from .parts import TrainingParts, create_training_parts
 from .plots import plot_confusion_matrix
+from .recipes import describe_recipe
 from .report import library_versions, plot_training_curves, summary_lines
 from .resume import resume_training
 from .selection import (check_select_metric, eval_columns, evaluate_candidates, final_evaluation, prune_best,
@@ -71,6 +72,8 @@ def record_start(parts: TrainingParts) -> None:
     config, data, source = parts.config, parts.data, parts.source
     trainable, total = parts.parameter_counts
     groups = describe_param_groups(parts.optimizer)
+    class_weights = parts.objective.class_weights
+    weights = None if class_weights is None else dict(zip(data.label_names, class_weights.tolist()))
     run_config = {
         "config": config.to_dict(), "command": sys.argv,
         "source": {"name": source.name, "architecture": source.architecture, "pretrained": source.pretrained,
@@ -85,6 +88,7 @@ def record_start(parts: TrainingParts) -> None:
         "frozen": {"groups": config.freeze, "fraction": config.freeze_fraction, "num_params": total - trainable,
                    "head_warmup_epochs": config.freeze_epochs, "batchnorm_frozen": config.freeze_bn},
         "trainable_params": trainable, "total_params": total, "bad_files": data.bad_files,
+        "recipe": {"name": config.recipe, "values": config.recipe_values}, "class_weights": weights,
     }
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +97,9 @@ def record_start(parts: TrainingParts) -> None:
     print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split}{test} images, classes "
           f"{data.label_names}; {config.model}: " + ", ".join(f"{g['name']} lr {g['lr']:g}" for g in groups))
     print(f"trainable parameters: {trainable:,} of {total:,}; precision {parts.precision.describe()}")
+    print(describe_recipe(config))
+    if weights:
+        print("class weights (balanced): " + ", ".join(f"{name} {value:.3f}" for name, value in weights.items()))
 
 
 def run_epoch(parts: TrainingParts, progress: TrainingProgress, epoch: int, guard: StopGuard,

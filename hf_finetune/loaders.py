@@ -25,14 +25,23 @@ from .images import ImageSettings, decode_for_model
 from .sampling import EpochShuffleSampler, SeededAugmentation
 
 
-def create_transforms(settings: ImageSettings) -> tuple[Callable, Callable]:
-    """(train, eval) transforms: CHW uint8 image in, CHW uint8 crop of settings.input_size out."""
+def create_transforms(settings: ImageSettings, auto_augment: Optional[str] = None) -> tuple[Callable, Callable]:
+    """(train, eval) transforms: CHW uint8 image in, CHW uint8 crop of settings.input_size out. `auto_augment`
+    'rand' / 'trivial' appends RandAugment / TrivialAugmentWide after the flip, as timm orders them; they
+    draw from torch's RNG, which sampling.SeededAugmentation seeds per (seed, epoch, sample)."""
     from timm.data.transforms import str_to_interp_mode
     from torchvision.transforms import v2
 
     interpolation = str_to_interp_mode(settings.interpolation)
-    train = v2.Compose([v2.RandomResizedCrop(settings.input_size, interpolation=interpolation, antialias=True),
-                        v2.RandomHorizontalFlip()])
+    steps = [v2.RandomResizedCrop(settings.input_size, interpolation=interpolation, antialias=True),
+             v2.RandomHorizontalFlip()]
+    # Bilinear for their rotations and shears (as timm's RandAugment): torch's tensor affine has no bicubic.
+    bilinear = v2.InterpolationMode.BILINEAR
+    if auto_augment == "rand":
+        steps.append(v2.RandAugment(num_ops=2, magnitude=9, interpolation=bilinear))
+    elif auto_augment == "trivial":
+        steps.append(v2.TrivialAugmentWide(interpolation=bilinear))
+    train = v2.Compose(steps)
     return train, partial(_resize_and_center_crop, settings=settings, interpolation=interpolation)
 
 
@@ -107,11 +116,12 @@ class ImageSamples(Dataset):
 
 
 def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size: int, num_workers: Optional[int],
-                       num_processes: int = 1, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+                       num_processes: int = 1, seed: int = 0,
+                       auto_augment: Optional[str] = None) -> tuple[DataLoader, DataLoader]:
     """Loaders of {"pixel_values": uint8 batch (create_normalize makes it the model's input), "label"} from
     `data` as cache.prepare_images left it (decoded uint8 images, or with --no-cache the image files)."""
     settings = ImageSettings.from_model(model)
-    train_transform, eval_transform = create_transforms(settings)
+    train_transform, eval_transform = create_transforms(settings, auto_augment)
     workers = default_num_workers(num_processes) if num_workers is None else num_workers
     # torch's default collate: it stacks the uint8 crops straight into shared memory in a worker process.
     common = dict(batch_size=per_device_batch_size, num_workers=workers, persistent_workers=workers > 0,

@@ -90,26 +90,28 @@ def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
 
 
 def _create_source_model(name: str, pretrained: bool, pretrained_path: Optional[str],
-                         img_size: Optional[int]) -> nn.Module:
+                         img_size: Optional[int], drop_path: float = 0.0) -> nn.Module:
     import timm
 
     _check_model_name(name)
+    # Only when asked: a model without stochastic depth refuses the keyword.
+    extra = {"drop_path_rate": drop_path} if drop_path else {}
     if not pretrained_path:
         try:
-            model = timm.create_model(name, pretrained=pretrained)
+            model = timm.create_model(name, pretrained=pretrained, **extra)
             size = _constructor_size(model, img_size)
-            return timm.create_model(name, pretrained=pretrained, **size) if size else model
+            return timm.create_model(name, pretrained=pretrained, **size, **extra) if size else model
         except Exception as error:  # timm/hub raise many types: bad tag, offline, missing files
             raise UserError(f"could not create {name!r} (pretrained={pretrained}): {first_line(error)}; check the "
                             "name and tag, pass --pretrained-path FILE, or --no-pretrained") from None
     state = _load_weights_file(pretrained_path)
-    model = timm.create_model(name, pretrained=False)
+    model = timm.create_model(name, pretrained=False, **extra)
     size = _constructor_size(model, img_size)
     # The file's classifier may have any number of classes (e.g. a previous fine-tune): size the head to it.
     head_weight = state.get(f"{classifier_names(model)[0]}.weight")
     num_classes = model.num_classes if head_weight is None else head_weight.shape[0]
     if size or num_classes != model.num_classes:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **size)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **size, **extra)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -121,9 +123,10 @@ def _create_source_model(name: str, pretrained: bool, pretrained_path: Optional[
 
 def create_classifier(name: str, label_names: list[str], pretrained: bool = True,
                       pretrained_path: Optional[str] = None,
-                      img_size: Optional[int] = None) -> tuple[nn.Module, SourceModel]:
-    """The timm model with its classifier reset to `label_names` and Xavier-initialized (the chapter)."""
-    model = _create_source_model(name, pretrained, pretrained_path, img_size)
+                      img_size: Optional[int] = None, drop_path: float = 0.0) -> tuple[nn.Module, SourceModel]:
+    """The timm model with its classifier reset to `label_names` and Xavier-initialized (the chapter);
+    `drop_path`: timm's drop_path_rate (stochastic depth)."""
+    model = _create_source_model(name, pretrained, pretrained_path, img_size, drop_path)
     source_cfg = dict(model.pretrained_cfg)
     source = SourceModel(
         name=name,

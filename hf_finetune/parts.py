@@ -22,7 +22,9 @@ from .guard import node_main_first
 from .hardware import Precision, machine_precision
 from .loaders import Normalize, create_dataloaders, create_eval_loader, create_normalize
 from .model import SourceModel, create_classifier
+from .objective import TrainingObjective, create_objective
 from .optim import create_optimizer, create_param_groups, create_scheduler
+from .recipes import resolve_for_data
 from .reuse import reuse_classifier_rows
 
 
@@ -46,6 +48,7 @@ class TrainingParts:
     warmup_frozen: set = field(default_factory=set)  # backbone parameters frozen during the head warm-up
     ema: object = None  # timm ModelEmaV3 with --model-ema (ema.py)
     test_loader: object = None  # the test split's, when the data has one beside its eval split (data.py)
+    objective: TrainingObjective = None  # the step's input mixing and loss (objective.py)
 
 
 def create_accelerator(config: FinetuneConfig, precision: Precision):
@@ -91,17 +94,19 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
 
     precision = machine_precision(config.mixed_precision)
     accelerator = create_accelerator(config, precision)
-    batch_per_device = per_device_batch_size(config, accelerator.num_processes)
     set_seed(config.seed)
     # Once per machine (its local main process first): the download and the datasets cache are on its disk.
     data = node_main_first(accelerator, partial(load_image_data, config))
+    resolve_for_data(config, len(data.train), accelerator.num_processes)  # the recipe's batch size
+    batch_per_device = per_device_batch_size(config, accelerator.num_processes)
     model, source, reused_rows = _create_model(config, data.label_names)
     fingerprints = data.train._fingerprint, data.eval._fingerprint  # of the files, cached or not
     # The decode-once cache, likewise per machine; the main process alone reports bad files.
     data = node_main_first(accelerator, partial(prepare_images, data, model, config.cache, config.max_bad_fraction,
                                                 report=accelerator.is_main_process))
     train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
-                                                   accelerator.num_processes, config.seed)
+                                                   accelerator.num_processes, config.seed, config.auto_augment)
+    objective = create_objective(config, data.train["label"], len(data.label_names))
     normalize = create_normalize(model)
     test_loader = (None if data.test is None else create_eval_loader(data.test, model, batch_per_device,
                                                                      config.num_workers, accelerator.num_processes))
@@ -122,12 +127,12 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
         identity["model_ema"] = True
     return TrainingParts(config, accelerator, precision, data, source, model, optimizer, scheduler, train_loader,
                          eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen,
-                         create_ema(model, config), test_loader)
+                         create_ema(model, config), test_loader, objective)
 
 
 def _create_model(config: FinetuneConfig, label_names: list[str]):
     model, source = create_classifier(config.model, label_names, config.pretrained, config.pretrained_path,
-                                      config.img_size)
+                                      config.img_size, config.drop_path)
     reused_rows = (reuse_classifier_rows(model, source, label_names, config.label_map)
                    if config.reuse_classifier and source.pretrained else [])
     if config.channels_last:

@@ -1,4 +1,4 @@
-"""The chapter's fine-tune vs scratch experiment (plus reuse, freeze and warm-up variants) as one command.
+"""The chapter's fine-tune vs scratch experiment (plus reuse, freeze, warm-up, and the d2l vs default recipe pair)
 
     python scripts/compare.py --output-dir cmp [--variants finetune,scratch] -- --data-dir photos --epochs 5
 

@@ -29,8 +29,8 @@ def make_finished_run(output_dir: Path, model_name: str = "test_resnet", labels=
     history = [_epoch(1, 0.5833333333333334), _epoch(2, 0.9166666666666666)]
     metrics = {"history": history, "final": {**history[-1], "total_seconds": 3.0}, "devices": ["cpu"],
                "num_processes": 1, "selected": _selected_report(list(labels), history[-1]["eval_acc"])}
-    config = FinetuneConfig(model=model_name, data_dir="/home/alice/photos/tiny", output_dir=str(output_dir), epochs=2,
-                            batch_size=8, seed=seed).validate()
+    config = FinetuneConfig(recipe="d2l", model=model_name, data_dir="/home/alice/photos/tiny",
+                            output_dir=str(output_dir), epochs=2, batch_size=8, seed=seed).validate()
     run_config = {
         "config": config.to_dict(),
         "command": command or ["/home/alice/work/scripts/finetune.py", "--model", model_name,

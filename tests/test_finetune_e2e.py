@@ -14,6 +14,7 @@ import torch
 from conftest import HOTDOG_MINI, LITE0_WEIGHTS, REPO_ROOT, make_image_folder, run_script
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--batch-size", "4", "--num-workers", "0"]
+TINY_D2L = [*TINY, "--recipe", "d2l"]  # the chapter's constant learning rates
 
 
 def _metrics(output_dir):
@@ -64,8 +65,8 @@ def test_compile_trains_the_same_model_as_eager_and_saves_its_own_parameter_name
 
 def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path):
     out = tmp_path / "out"
-    run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "1", "--output-dir", out)
-    result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "2", "--output-dir", out,
+    run_script("finetune.py", "--data-dir", tiny_folder, *TINY_D2L, "--epochs", "1", "--output-dir", out)
+    result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY_D2L, "--epochs", "2", "--output-dir", out,
                         "--resume", "latest")
     assert "resumed from" in result.stdout and "epoch 1:" not in result.stdout and "epoch 2:" in result.stdout
     assert "its own learning rates" not in result.stderr
@@ -74,7 +75,7 @@ def test_resume_latest_continues_after_the_last_checkpoint(tiny_folder, tmp_path
         "epoch-0001-step-000000", "epoch-0002-step-000000"]
     assert len(list((out / "checkpoints").glob("best-epoch-*"))) == 1  # the best weights, the one folder kept
     # A changed --lr cannot apply to a resumed optimizer and schedule: the run says which rates it keeps.
-    result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY, "--epochs", "3", "--lr", "0.1",
+    result = run_script("finetune.py", "--data-dir", tiny_folder, *TINY_D2L, "--epochs", "3", "--lr", "0.1",
                         "--output-dir", out)
     assert ("resuming from epoch-0002-step-000000 with its own learning rates 0.0064/0.064, not the 0.1/1 this "
             "command asks for; --resume none starts over with them") in result.stderr
@@ -188,3 +189,15 @@ def test_hotdog_mini_pretrained_beats_scratch(tmp_path):
     scratch = _metrics(tmp_path / "scratch")["final"]["eval_acc"]
     assert pretrained >= 0.85, pretrained
     assert scratch <= pretrained - 0.15, (pretrained, scratch)
+
+
+@pytest.mark.slow
+def test_default_recipe_reaches_the_linear_probe_on_hotdog_mini(tmp_path):
+    """The default recipe (2 head-only epochs, then every layer; see ACCURACY.md) on 200 real photos reaches
+    >= 0.88, what the linear probe reaches. One seed is what fits in CI time (a run is ~2-3 min at 128 px on 2
+    cores; the mean of the 3 seeds in ACCURACY.md is the claim, this guards against a regression below it)."""
+    out = tmp_path / "default"
+    run_script("finetune.py", "--model", f"local-dir:{LITE0_WEIGHTS}", "--data-dir", HOTDOG_MINI, "--img-size", "128",
+               "--seed", "0", "--output-dir", out)
+    assert json.loads((out / "run_config.json").read_text())["recipe"]["name"] == "lp-ft"
+    assert _metrics(out)["final"]["eval_acc"] >= 0.88

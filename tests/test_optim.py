@@ -30,7 +30,7 @@ def test_head_lr_is_exactly_k_times_backbone_after_the_scheduler(name):
 
 
 def test_one_group_without_param_group():
-    config = FinetuneConfig(lr=0.02, param_group=False).validate()
+    config = FinetuneConfig(lr=0.02, param_group=False, warmup_steps=0).validate()
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     create_scheduler(optimizer, config, total_updates=5)
@@ -39,7 +39,7 @@ def test_one_group_without_param_group():
 
 
 def test_chapter_sgd_defaults():
-    config = FinetuneConfig().validate()
+    config = FinetuneConfig(recipe="d2l").validate()
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     assert type(optimizer).__name__ == "SGD"

@@ -1,0 +1,94 @@
+"""Recipes: unset options take the recipe's values, given ones (flag or --config file) never do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_image_folder, run_script
+
+from hf_finetune.config import FinetuneConfig, parse_config
+from hf_finetune.errors import UserError
+from hf_finetune.recipes import resolve_for_data, resolve_warmup, small_data_batch_size
+
+
+def test_d2l_recipe_is_the_chapter():
+    config = parse_config(["--recipe", "d2l"])
+    resolve_for_data(config, train_size=2000, num_processes=1)
+    resolve_warmup(config, total_updates=80)
+    assert (config.optimizer, config.momentum, config.lr_scheduler, config.warmup_steps) == ("sgd", 0, "constant", 0)
+    assert (config.lr, config.head_lr_mult, config.weight_decay) == (5e-5 * 128, 10, 1e-3 / 128)
+    assert (config.batch_size, config.epochs, config.freeze_epochs, config.label_smoothing) == (128, 5, 0, 0)
+    assert config.freeze_bn is False
+
+
+def test_default_recipe_warms_up_the_head_then_fine_tunes_with_momentum_cosine_and_smoothing():
+    config = parse_config([])
+    assert config.recipe == "lp-ft"
+    assert (config.freeze_epochs, config.momentum, config.lr_scheduler, config.label_smoothing) == (2, 0.9, "cosine",
+                                                                                                   0.1)
+    assert config.freeze_bn and config.lr == 2e-4
+    assert parse_config(["--epochs", "3"]).freeze_epochs == 1  # at most half the epochs head-only
+    assert parse_config(["--epochs", "1"]).freeze_epochs == 0
+    resolve_for_data(config, train_size=200, num_processes=1)
+    resolve_warmup(config, total_updates=13 * 5)
+    assert config.batch_size == 16 and config.warmup_steps == 7  # ceil(10% of 13 x 5 updates)
+    assert config.recipe_values["batch_size"] == 16 and config.recipe_values["warmup_steps"] == 7
+
+
+@pytest.mark.parametrize("train_size, batch", [(10, 16), (200, 16), (250, 16), (300, 32), (1000, 64),
+                                               (1024, 128), (100_000, 128)])
+def test_small_data_batch_is_at_most_an_eighth_of_the_folder_between_16_and_128(train_size, batch):
+    assert small_data_batch_size(train_size) == batch
+
+
+def test_recipe_batch_size_is_a_multiple_of_processes_times_accumulation():
+    config = parse_config(["--gradient-accumulation-steps", "3"])
+    resolve_for_data(config, train_size=1000, num_processes=2)
+    assert config.batch_size == 66  # 64 rounded up to a multiple of 6
+
+
+def test_flags_and_config_files_win_over_the_recipe(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("momentum: 0.5\nbatch_size: 48\n")
+    config = parse_config(["--config", str(path), "--lr", "0.01", "--freeze-epochs", "0", "--label-smoothing", "0"])
+    resolve_for_data(config, train_size=200, num_processes=1)
+    assert (config.lr, config.freeze_epochs, config.label_smoothing, config.momentum, config.batch_size) == (
+        0.01, 0, 0, 0.5, 48)
+    assert not {"lr", "freeze_epochs", "label_smoothing", "momentum", "batch_size"} & set(config.recipe_values)
+    assert config.recipe_values["lr_scheduler"] == "cosine"
+
+
+def test_adamw_under_a_recipe_gets_adamw_values_not_the_sgd_ones():
+    config = parse_config(["--optimizer", "adamw"])
+    assert (config.lr, config.weight_decay, config.momentum) == (1e-4, 0.05, 0.0)
+
+
+def test_unknown_recipe_is_a_clear_error():
+    with pytest.raises(UserError, match="choose from lp-ft, d2l"):
+        FinetuneConfig(recipe="fast").validate()
+
+
+def test_run_records_and_prints_the_recipe_and_what_it_set(tmp_path):
+    folder = make_image_folder(tmp_path / "photos", per_class=(20, 4))
+    out = tmp_path / "out"
+    result = run_script("finetune.py", "--data-dir", folder, "--model", "test_resnet", "--no-pretrained",
+                        "--img-size", "64", "--num-workers", "0", "--epochs", "2", "--lr", "0.01",
+                        "--output-dir", out)
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["recipe"]["name"] == "lp-ft" and "lr" not in run["recipe"]["values"]
+    assert run["recipe"]["values"]["batch_size"] == 16 and run["config"]["batch_size"] == 16
+    assert "recipe lp-ft: " in result.stdout and "batch_size 16" in result.stdout
+    card = (out / "README.md").read_text()
+    assert "| recipe | lp-ft (set " in card and "| label smoothing | 0.1 |" in card
+
+
+def test_compare_has_the_d2l_and_default_recipes_as_a_row_pair(tmp_path):
+    from hf_finetune.compare import VARIANTS, variant_args
+
+    assert list(VARIANTS)[-2:] == ["d2l", "default"]
+    d2l, default = (parse_config(variant_args(name, ["--epochs", "3"], tmp_path)[:-2]) for name in ("d2l", "default"))
+    assert (d2l.recipe, default.recipe, d2l.epochs, default.epochs) == ("d2l", "lp-ft", 3, 3)
+    scratch = variant_args("scratch", ["--recipe", "d2l"], tmp_path)
+    assert scratch[scratch.index("--lr") + 1] == repr(10 * 6.4e-3)  # 10x the recipe's LR, as the chapter
+
