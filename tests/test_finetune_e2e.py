@@ -126,9 +126,10 @@ def test_readmes_main_command_offline_is_one_line_from_us(tmp_path):
     assert lines[-1].startswith("error: could not download") and "--data-dir" in lines[-1]
     assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
     # What else may show is accelerate's notice that it chose the CPU thread count (CPU-only machines; the README
-    # says how to silence it), never its "values were not passed" list of defaults.
+    # says how to silence it), never its "values were not passed" list of defaults; at the floor versions the
+    # stack's own imports add a torch.jit deprecation warning.
     assert all("num_cpu_threads_per_process" in line or line.startswith(("The following values", "To avoid"))
-               for line in lines[:-1]), lines
+               or "Warning: " in line or line.strip() == "warnings.warn(" for line in lines[:-1]), lines
     assert "--num_processes` was set" not in result.stderr
 
 
