@@ -47,8 +47,9 @@ def finetune(config: FinetuneConfig) -> dict:
     progress, resume_point = resume_training(parts)
     if not progress.already_finished:
         record_start(parts)
+    # Trackers take scalar hyper-parameters only (tensorboard's hparams refuses dicts such as recipe_values).
     parts.accelerator.init_trackers("hf_finetune", config={k: v for k, v in config.to_dict().items()
-                                                            if v is not None})
+                                                            if isinstance(v, (int, float, str, bool))})
     with StopGuard() as guard:
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             if progress.stopped_early:  # also when resuming a run that had stopped early
