@@ -65,7 +65,7 @@ def test_load_classifier_accepts_a_hub_id_an_hf_hub_name_and_a_folder(pushed, im
         classifier = load_classifier(name)
         assert classifier.label_names == LABELS and not classifier.model.training
         # The eval transform follows the model's own config: test_resnet is 160 px, not 224.
-        size = resolve_model_data_config(classifier.model)["input_size"][1:]
+        size = tuple(resolve_model_data_config(classifier.model)["input_size"][1:])  # a list in timm 1.0.20
         assert tuple(classifier.transform(Image.new("RGB", (9, 9))).shape[1:]) == size
         results.append(predict(classifier, images, top_k=2))
     assert results[0] == results[1] == results[2]
