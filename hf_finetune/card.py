@@ -13,7 +13,7 @@ import sysconfig
 from pathlib import Path
 from typing import Optional
 
-from .card_results import METRIC_IDS, eval_results, results_context
+from .card_results import METRIC_IDS, eval_results, results_context, table_cell
 from .errors import UserError
 from .files import write_text
 from .recipes import recipe_card_rows
@@ -148,11 +148,6 @@ def _number(value, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _cell(value) -> str:
-    # A `|` in a label name would split the markdown table cell.
-    return str(value).replace("|", "\\|")
-
-
 def _label_rows(run: dict) -> list[dict]:
     matches = {match["label"]: match for match in run.get("label_matches") or []}
     rows = []
@@ -160,9 +155,9 @@ def _label_rows(run: dict) -> list[dict]:
         match = matches.get(label)
         source_class = ""
         if match:
-            source_class = f"{match['source_index']}" + (f" ({_cell(match['source_label'])})"
+            source_class = f"{match['source_index']}" + (f" ({table_cell(match['source_label'])})"
                                                         if match.get("source_label") else "")
-        rows.append({"index": index, "name": _cell(label), "source_class": source_class})
+        rows.append({"index": index, "name": table_cell(label), "source_class": source_class})
     return rows
 
 
@@ -206,7 +201,7 @@ def _hyperparameter_rows(run: dict, metrics: dict) -> list[tuple[str, str]]:
         ("mixed precision", _describe_precision(run)),
         ("seed", config["seed"]),
     ] + recipe_card_rows(run)
-    return [(name, _cell(value)) for name, value in rows]
+    return [(name, table_cell(value)) for name, value in rows]
 
 
 def _describe_precision(run: dict) -> str:
@@ -216,7 +211,7 @@ def _describe_precision(run: dict) -> str:
 
 
 def _param_group_rows(run: dict) -> list[tuple[str, str, str, str]]:
-    return [(_cell(group["name"]), f"{group['lr']:g}", f"{group['weight_decay']:g}", f"{group['num_params']:,}")
+    return [(table_cell(group["name"]), f"{group['lr']:g}", f"{group['weight_decay']:g}", f"{group['num_params']:,}")
             for group in run.get("param_groups", [])]
 
 
@@ -230,7 +225,7 @@ def _training_details(run: dict, metrics: dict) -> list[tuple[str, str]]:
         rows.append(("unreadable images skipped", metrics["bad_files"]))
     if run.get("label_matches"):
         rows.append(("head rows copied from the source classifier", len(run["label_matches"])))
-    return [(name, _cell(value)) for name, value in rows]
+    return [(name, table_cell(value)) for name, value in rows]
 
 
 def _describe_frozen(frozen: dict) -> str:

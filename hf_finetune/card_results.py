@@ -55,7 +55,7 @@ def results_context(run: dict, metrics: dict) -> dict:
     return {"selection": {
         "sentence": _sentence(selected, names, config, metrics, "test" in report),
         "columns": [name for _, name in columns], "rows": rows, "per_class_split": names[per_class_split],
-        "per_class": [[_cell(name), _value(scores["precision"]), _value(scores["recall"]), _value(scores["f1"]),
+        "per_class": [[table_cell(name), _value(scores["precision"]), _value(scores["recall"]), _value(scores["f1"]),
                        str(scores["support"])] for name, scores in report[per_class_split]["per_class"].items()],
         "confusion_split": names[per_class_split]}}
 
@@ -88,5 +88,6 @@ def _value(value: Optional[float]) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
-def _cell(value) -> str:
+def table_cell(value) -> str:
+    """A markdown table cell: a `|` in a label name would split it."""
     return str(value).replace("|", "\\|")

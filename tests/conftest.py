@@ -18,14 +18,14 @@ import pytest
 from hub_server import LocalHub, free_port
 from paths import FOOD101_MINI, HOTDOG_MINI, LITE0_WEIGHTS, REPO_ROOT, SHARED  # noqa: F401 (re-exported)
 
-_HERMETIC_ROOT = Path(tempfile.mkdtemp(prefix="hf_finetune_tests_"))
+HERMETIC_ROOT = Path(tempfile.mkdtemp(prefix="hf_finetune_tests_"))
 HUB_PORT = free_port()
 os.environ.update({
     "HF_ENDPOINT": f"http://127.0.0.1:{HUB_PORT}",
-    "HF_HOME": str(_HERMETIC_ROOT / "hf_home"),
+    "HF_HOME": str(HERMETIC_ROOT / "hf_home"),
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_XET": "1",  # the local Hub serves plain HTTP files, not Xet storage
-    "HF_FINETUNE_CACHE": str(_HERMETIC_ROOT / "hf_finetune_cache"),
+    "HF_FINETUNE_CACHE": str(HERMETIC_ROOT / "hf_finetune_cache"),
     "TOKENIZERS_PARALLELISM": "false",
 })
 os.environ.pop("HF_TOKEN", None)
@@ -33,7 +33,7 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_HERMETIC_ROOT, ignore_errors=True)
+    shutil.rmtree(HERMETIC_ROOT, ignore_errors=True)
 
 
 def make_image_folder(root: Path, classes=("cat", "dog"), per_class=(8, 4), size=(40, 32),
@@ -62,7 +62,7 @@ def tiny_folder(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def hub():
-    with LocalHub(_HERMETIC_ROOT / "hub", port=HUB_PORT) as server:
+    with LocalHub(HERMETIC_ROOT / "hub", port=HUB_PORT) as server:
         server.seed_model_repo("timm/tf_efficientnet_lite0.in1k", LITE0_WEIGHTS)
         yield server
 

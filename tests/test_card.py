@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from finished_run import LABELS, make_finished_run
+from conftest import make_image_folder
+from finished_run import LABELS, make_finished_run, train_run
+from paths import LITE0_WEIGHTS
 
 from hf_finetune import card as card_module
 from hf_finetune.card import find_template, sanitize_command, write_model_card
@@ -69,57 +71,68 @@ def test_card_validates_against_the_hub(run_dir, hub):
     assert ("POST", "/api/validate-yaml", 200) in hub.requests[before:]
 
 
+def _records(run: Path) -> tuple[dict, dict]:
+    return tuple(json.loads((run / name).read_text()) for name in ("run_config.json", "metrics.json"))
+
+
 def test_body_documents_the_run_without_local_paths(run_dir):
     text = write_model_card(run_dir, "me/hotdog-run").read_text()
     body = text.split("---\n", 2)[2]
+    run, metrics = _records(run_dir)
     for index, label in enumerate(LABELS):
         assert f"| {index} | {label.replace('|', chr(92) + '|')} |" in body
-    assert "| 1 | 0.9000 | 0.6000 | 0.8000 | 0.5833 |" in body and "| 2 | 0.4500 |" in body  # per epoch
-    assert "| eval accuracy | 0.9167 |" in body
+    for epoch in metrics["history"]:
+        assert (f"| {epoch['epoch']} | {epoch['train_loss']:.4f} | {epoch['train_acc']:.4f} | {epoch['eval_loss']:.4f}"
+                f" | {epoch['eval_acc']:.4f} | {epoch['examples_per_sec']:.1f} |") in body
+    assert f"| eval accuracy | {metrics['final']['eval_acc']:.4f} |" in body
     assert "![Training loss and accuracy per epoch](training_curves.png)" in body
+    backbone, head = run["param_groups"]
     for fact in ("| backbone learning rate | 0.0064, for the mean loss", "x10 the backbone LR",
-                 "| backbone | 0.0064 | 7.8125e-06 | 1,000 |", "| head | 0.064 |", "| epochs | 2 |",
-                 "| global batch size | 8 = 8 per device x 1 process(es)", "| mixed precision | fp32 |", "| seed | 0 |"):
+                 f"| backbone | 0.0064 | 7.8125e-06 | {backbone['num_params']:,} |", "| head | 0.064 |",
+                 "| epochs | 2 |", "| global batch size | 8 = 8 per device x 1 process(es)",
+                 "| mixed precision | fp32 (as asked) |", "| seed | 0 |"):
         assert fact in body
-    assert "finetune.py --model test_resnet --data-dir tiny --output-dir=hotdog-run --epochs 2" in body
+    assert ("finetune.py --epochs 2 --batch-size 8 --recipe d2l --mixed-precision no --model test_resnet "
+            "--no-pretrained --data-dir tiny --seed 0 --output-dir run") in body
     assert 'timm.create_model("hf-hub:me/hotdog-run", pretrained=True)' in body
     assert 'pipeline("image-classification", model="me/hotdog-run")' in body
     assert "python scripts/predict.py me/hotdog-run img.jpg" in body
     assert "- timm " in body and "@book{zhang2023dive" in body and "@misc{rw2019timm" in body
-    for secret in ("/home", "alice", str(run_dir.parent), "/tmp"):
+    local_paths = (run["config"]["data_dir"], run["config"]["output_dir"], run_dir.parent)
+    assert all(Path(path).is_absolute() for path in local_paths)  # the records name them; the card must not
+    for secret in (*map(str, local_paths), "/tmp"):
         assert secret not in text
 
 
-def test_pretrained_hub_source_and_hub_dataset_fill_front_matter(tmp_path):
-    run = make_finished_run(tmp_path / "run", source={
-        "name": "resnet18", "architecture": "resnet18", "pretrained": True, "hub_id": "timm/resnet18.a1_in1k",
-        "tag": "a1_in1k", "license": "Apache-2.0"})
-    run_config = json.loads((run / "run_config.json").read_text())
-    run_config["config"].update(dataset_name="food/hotdogs", data_dir=None)
-    run_config["data"]["name"] = "food/hotdogs"
-    (run / "run_config.json").write_text(json.dumps(run_config))
+def test_pretrained_hub_source_and_hub_dataset_fill_front_matter(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    photos = make_image_folder(tmp_path / "hotdogs", classes=("hotdog", "not_hotdog"), per_class=(8, 4))
+    HfApi().create_repo("food/hotdogs", repo_type="dataset", token="hf_test_token")
+    HfApi().upload_folder(folder_path=photos, repo_id="food/hotdogs", repo_type="dataset", token="hf_test_token")
+    run = train_run(tmp_path / "run", "--model", "tf_efficientnet_lite0.in1k", "--dataset-name", "food/hotdogs",
+                    "--img-size", "64", "--epochs", "1")
     text = write_model_card(run, "me/x").read_text()
     meta = front_matter(text)
-    assert meta["base_model"] == "timm/resnet18.a1_in1k" and meta["license"] == "apache-2.0"
+    assert meta["base_model"] == "timm/tf_efficientnet_lite0.in1k" and meta["license"] == "apache-2.0"
     assert meta["datasets"] == ["food/hotdogs"]
     assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "food/hotdogs"
-    assert "fine-tuned from [`timm/resnet18.a1_in1k`](https://huggingface.co/timm/resnet18.a1_in1k)" in text
+    assert ("fine-tuned from [`timm/tf_efficientnet_lite0.in1k`](https://huggingface.co/timm/tf_efficientnet_lite0.in1k)"
+            in text)
 
 
-def test_later_run_records_appear_when_present(tmp_path):
-    # In the shapes finetune.record_start and finetune.final_metrics write them.
-    run = make_finished_run(
-        tmp_path / "run", bad_files=[{"split": "train", "path": "/home/alice/photos/train/a.jpg", "reason": "x"}] * 3,
-        frozen={"groups": "stem,stages.0", "fraction": 0.0, "num_params": 1234, "head_warmup_epochs": 1,
-                "batchnorm_frozen": False},
-        label_matches=[{"label": "hot dog", "source_index": 934, "source_label": "hotdog, hot dog, red hot"}])
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["bad_files"] = 3
-    (run / "metrics.json").write_text(json.dumps(metrics))
+def test_frozen_layers_unreadable_images_and_matched_labels_are_documented(tmp_path):
+    photos = make_image_folder(tmp_path / "photos", classes=tuple(LABELS), per_class=(8, 4))
+    for index in range(3):
+        (photos / "train" / LABELS[1] / f"broken-{index}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    run = train_run(tmp_path / "run", "--model", f"local-dir:{LITE0_WEIGHTS}", "--data-dir", photos,
+                    "--img-size", "64", "--freeze", "stem,blocks.0", "--freeze-epochs", "1",
+                    "--max-bad-fraction", "0.2")
+    config, _ = _records(run)
     text = write_model_card(run).read_text()
-    assert ("| frozen layers | groups stem,stages.0; 1,234 parameters; whole backbone for the first 1 epoch(s) "
-            "(head warm-up) |") in text
-    assert "| unreadable images skipped | 3 |" in text and "alice" not in text
+    assert (f"| frozen layers | groups stem,blocks.0; {config['frozen']['num_params']:,} parameters; whole backbone "
+            "for the first 1 epoch(s) (head warm-up) |") in text
+    assert "| unreadable images skipped | 3 |" in text and "broken-" not in text
     assert "| 0 | hot dog | 934 (hotdog, hot dog, red hot) |" in text
     assert "| 1 | not_hotdog |  |" in text
 
@@ -161,24 +174,26 @@ def test_template_is_found_in_an_installed_package(tmp_path, monkeypatch):
     assert find_template() == prefix / "share/hf_finetune/model_cards/template.md"
 
 
-def test_card_says_which_weights_were_selected_and_how(tmp_path):
+def test_card_says_which_weights_were_selected_and_how(tiny_folder, tmp_path):
     from huggingface_hub import ModelCard
 
-    run = make_finished_run(tmp_path / "run")
-    metrics, run_config = (json.loads((run / name).read_text()) for name in ("metrics.json", "run_config.json"))
-    metrics["selected"]["selected"]["weights"] = "ema"
-    run_config["config"].update(model_ema=True, ema_decay=0.999, patience=3, epochs=10)
-    (run / "metrics.json").write_text(json.dumps(metrics))
-    (run / "run_config.json").write_text(json.dumps(run_config))
+    # An impossible --min-delta: no epoch improves on the first, so patience 1 stops after epoch 2 of 3.
+    run = train_run(tmp_path / "run", "--model", "test_resnet", "--no-pretrained", "--data-dir", tiny_folder,
+                    "--epochs", "3", "--model-ema", "--ema-decay", "0.5", "--patience", "1", "--min-delta", "100")
+    _, metrics = _records(run)
+    selected = metrics["selected"]["selected"]
+    weights = {"ema": "the exponential moving average (EMA) of the weights", "trained": "the trained weights"}
     text = write_model_card(run).read_text()
-    assert ("The model is the exponential moving average (EMA) of the weights of epoch 2 of 2, the best by "
+    assert (f"The model is {weights[selected['weights']]} of epoch {selected['epoch']} of 2, the best by "
             "`eval_loss` on the `val` split, which therefore helped choose it.") in text
-    assert "Early stopping (patience 3) stopped training after 2 of 10 epochs." in text
+    assert "An EMA of the weights (decay 0.5) was evaluated beside them every epoch." in text
+    assert "Early stopping (patience 1) stopped training after 2 of 3 epochs." in text
     assert "![Confusion matrix on the val split](confusion_matrix.png)" in text
-    # A run recorded before model selection keeps its one accuracy and no selection section.
+    # metrics.json as runs wrote it before model selection existed: its one accuracy and no selection section.
     del metrics["selected"]
     (run / "metrics.json").write_text(json.dumps(metrics))
     (run / "confusion_matrix.png").unlink()
     card = ModelCard.load(write_model_card(run))
-    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", metrics["final"]["eval_acc"])]
+    accuracy = metrics["final"]["eval_acc"]
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", accuracy)]
     assert "therefore helped choose it" not in card.text and "Per class" not in card.text

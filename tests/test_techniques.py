@@ -43,7 +43,8 @@ def test_frozen_groups_stay_bit_identical_with_their_batchnorm_statistics(tiny_f
     assert not torch.equal(trained["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"])
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["trainable_params"] + run_config["frozen"]["num_params"] == run_config["total_params"]
-    assert f"trainable parameters: {run_config['trainable_params']:,} of {run_config['total_params']:,}" in result.stdout
+    trainable, total = run_config["trainable_params"], run_config["total_params"]
+    assert f"trainable parameters: {trainable:,} of {total:,}" in result.stdout
 
 
 def test_frozen_parameters_are_not_in_the_optimizer():
