@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -23,8 +22,8 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from .errors import UserError, first_line
 from .ema import ema_state
+from .errors import UserError, first_line
 from .model import unwrap
 from .rng import rng_state
 
@@ -217,31 +216,6 @@ def read_checkpoint(path: Path) -> dict:
             "scaler": _load_tensors(scaler) if scaler.is_file() else None,
             "progress": json.loads((path / "progress.json").read_text()),
             "rng": [_load_tensors(path / f"rng-{rank}.pt") for rank in range(processes)]}
-
-
-def apply_checkpoint(parts: TrainingParts, checkpoint: dict, progress: TrainingProgress) -> dict:
-    """Load a read checkpoint into the prepared objects; returns this process's RNG state to restore."""
-    unwrap(parts.model).load_state_dict(checkpoint["model"])
-    if getattr(parts, "ema", None) is not None:  # its presence is part of the checkpoint's identity
-        parts.ema.module.load_state_dict(checkpoint["ema"])
-    optimizer = parts.optimizer
-    wanted = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    restored = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-    if parts.accelerator.is_main_process and not all(map(math.isclose, wanted, restored)):
-        # As the HF Trainer does, a resumed run keeps its optimizer and schedule: say so rather than ignore it.
-        logger.warning("resuming from %s with its own learning rates %s, not the %s this command asks for; "
-                       "--resume none starts over with them", Path(checkpoint["path"]).name, _rates(restored),
-                       _rates(wanted))
-    parts.scheduler.load_state_dict(checkpoint["scheduler"])
-    if parts.accelerator.scaler is not None and checkpoint["scaler"] is not None:
-        parts.accelerator.scaler.load_state_dict(checkpoint["scaler"])
-    progress.load_state_dict(checkpoint["progress"])
-    return checkpoint["rng"][parts.accelerator.process_index]
-
-
-def _rates(rates: list[float]) -> str:
-    return "/".join(f"{rate:g}" for rate in rates)
 
 
 def _load_tensors(path: Path):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .card import write_model_card
 from .config import parse_config
-from .recipes import DEFAULT_RECIPE
 from .errors import UserError
+from .recipes import DEFAULT_RECIPE
 
 # name -> (description, extra flags). Flags come after the user's, so they win.
 VARIANTS = {

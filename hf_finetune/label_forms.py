@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+
 MIN_HEAD = 6
 MIN_DICE = 0.5
 NEGATIONS = {"not", "no", "non", "other", "others", "without", "anti"}

@@ -9,16 +9,17 @@ own RNG state and metric sums of an interrupted epoch.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from .checkpoints import (TrainingProgress, apply_checkpoint, check_identity, checkpoints_dir, find_checkpoint,
-                          read_checkpoint)
+from .checkpoints import TrainingProgress, check_identity, checkpoints_dir, find_checkpoint, read_checkpoint
 from .engine import ResumePoint
 from .errors import UserError
 from .guard import leave_together
+from .model import unwrap
 from .rng import restore_rng_state
 
 if TYPE_CHECKING:
@@ -100,3 +101,28 @@ def move_previous_run_aside(output_dir: Path) -> Optional[Path]:
     for path in present:
         os.replace(path, aside / path.name)
     return aside
+
+
+def apply_checkpoint(parts: TrainingParts, checkpoint: dict, progress: TrainingProgress) -> dict:
+    """Load a read checkpoint into the prepared objects; returns this process's RNG state to restore."""
+    unwrap(parts.model).load_state_dict(checkpoint["model"])
+    if getattr(parts, "ema", None) is not None:  # its presence is part of the checkpoint's identity
+        parts.ema.module.load_state_dict(checkpoint["ema"])
+    optimizer = parts.optimizer
+    wanted = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    restored = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    if parts.accelerator.is_main_process and not all(map(math.isclose, wanted, restored)):
+        # As the HF Trainer does, a resumed run keeps its optimizer and schedule: say so rather than ignore it.
+        logger.warning("resuming from %s with its own learning rates %s, not the %s this command asks for; "
+                       "--resume none starts over with them", Path(checkpoint["path"]).name, _rates(restored),
+                       _rates(wanted))
+    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    if parts.accelerator.scaler is not None and checkpoint["scaler"] is not None:
+        parts.accelerator.scaler.load_state_dict(checkpoint["scaler"])
+    progress.load_state_dict(checkpoint["progress"])
+    return checkpoint["rng"][parts.accelerator.process_index]
+
+
+def _rates(rates: list[float]) -> str:
+    return "/".join(f"{rate:g}" for rate in rates)
