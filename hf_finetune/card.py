@@ -170,14 +170,20 @@ def _final_rows(final: dict) -> list[tuple[str, str]]:
 
 
 def _epoch_columns(history: list[dict]) -> list[str]:
-    groups = list(history[0].get("lr", {})) if history else []
+    groups = _lr_groups(history[0]) if history else []
     return ["epoch", "train loss", "train acc", "eval loss", "eval acc", "examples/sec"] + [f"lr ({g})" for g in groups]
 
 
 def _epoch_rows(history: list[dict]) -> list[list[str]]:
     return [[str(row["epoch"]), _number(row.get("train_loss")), _number(row.get("train_acc")),
              _number(row.get("eval_loss")), _number(row.get("eval_acc")), _number(row.get("examples_per_sec"), 1)]
-            + [f"{lr:.3g}" for lr in row.get("lr", {}).values()] for row in history]
+            + [f"{row['lr'][group]:.3g}" for group in _lr_groups(row)] for row in history]
+
+
+def _lr_groups(row: dict) -> list[str]:
+    # With layer-wise decay there is a group per depth: the table keeps the lowest and the head (the extremes).
+    groups = list(row.get("lr", {}))
+    return groups if len(groups) <= 2 else [groups[0], groups[-1]]
 
 
 def _hyperparameter_rows(run: dict, metrics: dict) -> list[tuple[str, str]]:

@@ -140,8 +140,9 @@ class FinetuneConfig:
         "Keep every BatchNorm's running statistics fixed (eval mode) throughout: small batches estimate them "
         "poorly." + RECIPE_NOTE, argparse={"type": _to_bool, "nargs": "?", "const": True}, default=None)
     layer_decay: Optional[float] = _doc(
-        "Scale each backbone layer group's LR by layer_decay ** (depth from the top), e.g. 0.75, using timm's "
-        "group_matcher; multiplied with --head-lr-mult for the head.",
+        "Scale each backbone layer group's LR by layer_decay ** (depth from the top), using timm's group_matcher; "
+        "multiplied with --head-lr-mult for the head. 1 turns it off. Recipe lp-ft: 0.75 (off for a model "
+        "without a group_matcher); d2l: off." + RECIPE_NOTE,
         default=None,
     )
 

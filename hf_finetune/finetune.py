@@ -25,7 +25,7 @@ from .hardware import cpu_model
 from .hub import check_push_possible, push_to_hub
 from .metrics import summary_line
 from .model import save_classifier, unwrap
-from .optim import describe_param_groups
+from .optim import describe_learning_rates, describe_param_groups
 from .parts import TrainingParts, create_training_parts
 from .plots import plot_confusion_matrix
 from .recipes import describe_recipe
@@ -96,7 +96,7 @@ def record_start(parts: TrainingParts) -> None:
     write_json(output_dir / "run_config.json", run_config)
     test = f" / {len(data.test)} {data.test_split}" if data.test is not None else ""
     print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split}{test} images, classes "
-          f"{data.label_names}; {config.model}: " + ", ".join(f"{g['name']} lr {g['lr']:g}" for g in groups))
+          f"{data.label_names}; {config.model}: {describe_learning_rates(groups)}")
     print(f"trainable parameters: {trainable:,} of {total:,}; precision {parts.precision.describe()}")
     print(describe_recipe(config))
     if weights:

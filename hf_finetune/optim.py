@@ -23,7 +23,7 @@ def create_param_groups(model: nn.Module, config: FinetuneConfig) -> list[dict]:
     if not config.param_group:
         return [_group("all", [param for _, param in trainable], config.lr, config)]
     head = head_parameter_names(model)
-    if config.layer_decay is None:
+    if config.layer_decay in (None, 1):  # 1: every depth at `lr`, the two plain groups
         return [
             _group("backbone", [param for name, param in trainable if name not in head], config.lr, config),
             _group("head", [param for name, param in trainable if name in head], config.lr * config.head_lr_mult,
@@ -67,3 +67,13 @@ def describe_param_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
     warm-up); `initial_lr`, which torch schedulers record, is the configured rate."""
     return [{"name": group["name"], "lr": group.get("initial_lr", group["lr"]), "weight_decay": group["weight_decay"],
              "num_params": sum(param.numel() for param in group["params"])} for group in optimizer.param_groups]
+
+
+def describe_learning_rates(groups: list[dict]) -> str:
+    """The start-up line's rates: each group's, or with layer-wise decay the backbone's range over its depths."""
+    by_depth = [group for group in groups if group["name"].startswith("backbone.depth")]
+    depths = [group["lr"] for group in by_depth]
+    rates = [f"{group['name']} lr {group['lr']:g}" for group in groups if group not in by_depth]
+    if depths:
+        rates.insert(0, f"backbone lr {min(depths):.3g} to {max(depths):.3g} over {len(depths)} layer groups")
+    return ", ".join(rates)

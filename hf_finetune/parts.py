@@ -24,7 +24,7 @@ from .loaders import Normalize, create_dataloaders, create_eval_loader, create_n
 from .model import SourceModel, create_classifier
 from .objective import TrainingObjective, create_objective
 from .optim import create_optimizer, create_param_groups, create_scheduler
-from .recipes import resolve_for_data
+from .recipes import resolve_for_data, resolve_for_model
 from .reuse import reuse_classifier_rows
 
 
@@ -133,6 +133,7 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
 def _create_model(config: FinetuneConfig, label_names: list[str]):
     model, source = create_classifier(config.model, label_names, config.pretrained, config.pretrained_path,
                                       config.img_size, config.drop_path)
+    resolve_for_model(config, model)
     reused_rows = (reuse_classifier_rows(model, source, label_names, config.label_map)
                    if config.reuse_classifier and source.pretrained else [])
     if config.channels_last:

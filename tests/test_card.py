@@ -127,14 +127,18 @@ def test_frozen_layers_unreadable_images_and_matched_labels_are_documented(tmp_p
         (photos / "train" / LABELS[1] / f"broken-{index}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     run = train_run(tmp_path / "run", "--model", f"local-dir:{LITE0_WEIGHTS}", "--data-dir", photos,
                     "--img-size", "64", "--freeze", "stem,blocks.0", "--freeze-epochs", "1",
-                    "--max-bad-fraction", "0.2")
-    config, _ = _records(run)
+                    "--max-bad-fraction", "0.2", "--recipe", "lp-ft")
+    config, metrics = _records(run)
     text = write_model_card(run).read_text()
     assert (f"| frozen layers | groups stem,blocks.0; {config['frozen']['num_params']:,} parameters; whole backbone "
-            "for the first 1 epoch(s) (head warm-up) |") in text
+            "for the first 1 epoch(s) (head warm-up); all BatchNorm statistics |") in text  # lp-ft keeps them
     assert "| unreadable images skipped | 3 |" in text and "broken-" not in text
     assert "| 0 | hot dog | 934 (hotdog, hot dog, red hot) |" in text
     assert "| 1 | not_hotdog |  |" in text
+    # The default recipe's layer-wise decay: a group per depth; the epoch table shows the lowest and the head.
+    lowest, *_, head = metrics["history"][0]["lr"]
+    assert lowest.startswith("backbone.depth") and head == "head"
+    assert f"| examples/sec | lr ({lowest}) | lr (head) |" in text
 
 
 @pytest.mark.parametrize("argv, expected", [

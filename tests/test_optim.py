@@ -13,7 +13,7 @@ from hf_finetune.parts import per_device_batch_size
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit", "tf_efficientnet_lite0"])
 def test_head_lr_is_exactly_k_times_backbone_after_the_scheduler(name):
-    config = FinetuneConfig(lr=0.01, head_lr_mult=7.0, lr_scheduler="cosine", warmup_steps=2).validate()
+    config = FinetuneConfig(lr=0.01, head_lr_mult=7.0, layer_decay=1, lr_scheduler="cosine", warmup_steps=2).validate()
     model, _ = create_classifier(name, ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     scheduler = create_scheduler(optimizer, config, total_updates=10)
@@ -69,7 +69,7 @@ def test_adamw_gets_adamws_usual_weight_decay_and_an_explicit_value_wins():
 
 
 def test_a_warm_up_records_the_configured_learning_rates_not_its_starting_zero():
-    config = FinetuneConfig(lr=0.01, warmup_steps=5).validate()
+    config = FinetuneConfig(lr=0.01, layer_decay=1, warmup_steps=5).validate()
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     create_scheduler(optimizer, config, total_updates=20)

@@ -9,7 +9,8 @@ from conftest import make_image_folder, run_script
 
 from hf_finetune.config import FinetuneConfig, parse_config
 from hf_finetune.errors import UserError
-from hf_finetune.recipes import resolve_for_data, resolve_warmup, small_data_batch_size
+from hf_finetune.optim import create_param_groups
+from hf_finetune.recipes import resolve_for_data, resolve_for_model, resolve_warmup, small_data_batch_size
 
 
 def test_d2l_recipe_is_the_chapter():
@@ -19,7 +20,7 @@ def test_d2l_recipe_is_the_chapter():
     assert (config.optimizer, config.momentum, config.lr_scheduler, config.warmup_steps) == ("sgd", 0, "constant", 0)
     assert (config.lr, config.head_lr_mult, config.weight_decay) == (5e-5 * 128, 10, 1e-3 / 128)
     assert (config.batch_size, config.epochs, config.freeze_epochs, config.label_smoothing) == (128, 5, 0, 0)
-    assert config.freeze_bn is False
+    assert config.freeze_bn is False and config.layer_decay is None
 
 
 def test_default_recipe_warms_up_the_head_then_fine_tunes_with_momentum_cosine_and_smoothing():
@@ -27,7 +28,7 @@ def test_default_recipe_warms_up_the_head_then_fine_tunes_with_momentum_cosine_a
     assert config.recipe == "lp-ft"
     assert (config.freeze_epochs, config.momentum, config.lr_scheduler, config.label_smoothing) == (2, 0.9, "cosine",
                                                                                                    0.1)
-    assert config.freeze_bn and config.lr == 2e-4
+    assert config.freeze_bn and config.lr == 2e-4 and config.layer_decay == 0.75
     assert parse_config(["--epochs", "3"]).freeze_epochs == 1  # at most half the epochs head-only
     assert parse_config(["--epochs", "1"]).freeze_epochs == 0
     resolve_for_data(config, train_size=200, num_processes=1)
@@ -40,6 +41,21 @@ def test_default_recipe_warms_up_the_head_then_fine_tunes_with_momentum_cosine_a
                                                (1024, 128), (100_000, 128)])
 def test_small_data_batch_is_at_most_an_eighth_of_the_folder_between_16_and_128(train_size, batch):
     assert small_data_batch_size(train_size) == batch
+
+
+def test_the_recipes_layer_decay_is_off_for_a_model_without_timm_layer_groups():
+    import timm
+
+    plain = timm.create_model("poolformerv2_s12", num_classes=2)  # timm's MetaFormer has no group_matcher
+    config = parse_config([])
+    resolve_for_model(config, timm.create_model("test_resnet", num_classes=2))
+    assert config.layer_decay == 0.75 and config.recipe_values["layer_decay"] == 0.75
+    resolve_for_model(config, plain)
+    assert config.layer_decay is None and "layer_decay" not in config.recipe_values
+    assert len(create_param_groups(plain, config)) == 2  # backbone and head, as without the recipe's decay
+    given = parse_config(["--layer-decay", "0.8"])
+    resolve_for_model(given, plain)
+    assert given.layer_decay == 0.8  # a flag given by hand is never dropped: layer_depths refuses the model
 
 
 def test_recipe_batch_size_is_a_multiple_of_processes_times_accumulation():

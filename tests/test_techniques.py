@@ -13,7 +13,8 @@ from hf_finetune.config import FinetuneConfig
 from hf_finetune.errors import UserError
 from hf_finetune.freezing import bottom_parameters, count_parameters, layer_depths, parameters_to_freeze
 from hf_finetune.model import create_classifier, head_parameter_names
-from hf_finetune.optim import create_optimizer, create_param_groups, create_scheduler
+from hf_finetune.optim import (create_optimizer, create_param_groups, create_scheduler, describe_learning_rates,
+                               describe_param_groups)
 
 TINY = ["--model", "test_resnet", "--batch-size", "4", "--num-workers", "0", "--epochs", "1"]
 
@@ -100,6 +101,10 @@ def test_layer_decay_lr_is_base_times_mult_times_decay_to_the_depth(name):
             name = names[id(param)]
             expected = 0.01 * (10 if name in head else 1) * 0.75 ** depths[name]
             assert group["lr"] == pytest.approx(expected, rel=1e-12), name
+    backbone_depths = [depths[n] for n in depths if n not in head]
+    lowest, highest = (0.01 * 0.75 ** depth for depth in (max(backbone_depths), min(backbone_depths)))
+    assert describe_learning_rates(describe_param_groups(optimizer)) == (
+        f"backbone lr {lowest:.3g} to {highest:.3g} over {len(set(backbone_depths))} layer groups, head lr 0.1")
 
 
 LITE0 = ["--model", f"local-dir:{LITE0_WEIGHTS}", "--data-dir", HOTDOG_MINI, "--img-size", "160",
