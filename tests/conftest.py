@@ -26,6 +26,8 @@ os.environ.update({
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_XET": "1",  # the local Hub serves plain HTTP files, not Xet storage
     "HF_FINETUNE_CACHE": str(HERMETIC_ROOT / "hf_finetune_cache"),
+    # inductor's kernel cache does not key on ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA: one per session
+    "TORCHINDUCTOR_CACHE_DIR": str(HERMETIC_ROOT / "torchinductor"),
     "TOKENIZERS_PARALLELISM": "false",
 })
 os.environ.pop("HF_TOKEN", None)
