@@ -53,7 +53,7 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
     started, step = time.perf_counter(), resume.step if resume else 0
     sums = torch.tensor(resume.sums if resume else [0.0, 0.0, 0.0], dtype=torch.float64, device=accelerator.device)
     trained_here = 0  # images this call trains; an epoch resumed mid-way already has some in `sums`
-    batches = _batches_from(accelerator, loader, resume)
+    batches = _batches_from(accelerator, loader, epoch, resume)
     bar = tqdm(total=len(loader), initial=step, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
                leave=False)
     for batch in batches:
@@ -90,11 +90,15 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), seconds, trained / seconds)
 
 
-def _batches_from(accelerator, loader, resume: Optional[ResumePoint]):
+def _batches_from(accelerator, loader, epoch: int, resume: Optional[ResumePoint]):
     """The epoch's batches, from the resume point's step on, with the RNG as it was there."""
     if not resume:
         return iter(loader)
-    batches = iter(accelerator.skip_first_batches(loader, resume.step) if resume.step else loader)
+    skipping = accelerator.skip_first_batches(loader, resume.step)
+    # Accelerate before 1.15 starts the new loader at epoch 0, and its first iteration hands that epoch to the
+    # sampler, which would shuffle and augment the rest of the epoch as epoch 0's.
+    skipping.set_epoch(epoch)
+    batches = iter(skipping)
     # Accelerate's loaders are generators: the torch DataLoader iterator, whose creation draws a seed from
     # torch's RNG, only comes to exist at the first next(). Take that batch first, then restore the RNG,
     # so that drop path and dropout draw what they drew before the interruption.
