@@ -105,8 +105,11 @@ def test_early_stopping_with_ema_resumes_to_the_same_stop_and_the_same_ema_weigh
     assert "ema_eval_loss" in _metrics(tmp_path / "straight")["history"][0]
 
     interrupted = _start(list(map(str, _argv(photos, tmp_path / "resumed", *extra))))
-    stderr = _signal_when_progress(interrupted, batches=3)
+    stderr = _signal_when_progress(interrupted, batches=2)
     assert interrupted.returncode == 75, stderr[-2000:]
+    # Mid-epoch (12 batches an epoch): the resume goes on inside epoch 1, from that batch on.
+    [checkpoint] = list_checkpoints(tmp_path / "resumed")
+    assert checkpoint.name.startswith("epoch-0000-step-"), checkpoint.name
     resumed = run_script("finetune.py", *_argv(photos, tmp_path / "resumed", *extra))
     assert "resumed from" in resumed.stdout and "epoch 3:" not in resumed.stdout
 
