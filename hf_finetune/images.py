@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -115,19 +114,26 @@ def _open(image: Union[dict, Image.Image]) -> Image.Image:
     if data is None and path is None:
         raise BadImageError("no image data")
     try:
-        with warnings.catch_warnings():
-            # Image.open reads the header and refuses more than 2x MAX_IMAGE_PIXELS; it only warns between
-            # 1x and 2x. Refuse those too, before a single pixel is allocated.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data) if data is not None else path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise BadImageError(f"refused as a possible decompression bomb ({error}); the limit is "
-                            "PIL.Image.MAX_IMAGE_PIXELS") from None
+        opened = Image.open(io.BytesIO(data) if data is not None else path)  # reads the header only
+    except Image.DecompressionBombError as error:  # more than 2x MAX_IMAGE_PIXELS
+        raise _refused_as_bomb(str(error)) from None
     except UnidentifiedImageError:
         empty = len(data) == 0 if data is not None else os.path.getsize(path) == 0
         raise BadImageError("empty file" if empty else "not an image PIL can read") from None
     except FileNotFoundError:
         raise BadImageError("file not found") from None
+    # Between 1x and 2x PIL only warns. Refused here on the header, not by making that warning an error:
+    # warning filters are process-wide, and images are decoded on threads that would undo each other's.
+    pixels = opened.width * opened.height
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        opened.close()
+        raise _refused_as_bomb(f"image size ({pixels} pixels) exceeds limit of {Image.MAX_IMAGE_PIXELS} pixels")
+    return opened
+
+
+def _refused_as_bomb(detail: str) -> BadImageError:
+    return BadImageError(f"refused as a possible decompression bomb ({detail}); the limit is "
+                         "PIL.Image.MAX_IMAGE_PIXELS")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

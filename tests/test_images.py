@@ -7,6 +7,7 @@ import os
 import resource
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,22 @@ def test_decompression_bomb_is_refused_on_the_header_without_allocating(tmp_path
     with pytest.raises(BadImageError):
         load_rgb({"path": str(tmp_path / "bomb.png"), "bytes": None})
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_an_image_above_the_pixel_limit_is_refused_while_other_threads_decode(tmp_path):
+    """The cache and batch prediction decode on threads. The refusal between 1x and 2x MAX_IMAGE_PIXELS (where
+    PIL only warns) once relied on warning filters, which are process-wide: another thread's decode restored
+    them mid-open, and the suite saw large.png read past the check (then failing as "truncated")."""
+    (tmp_path / "large.png").write_bytes(_png_header(10_000, 10_000))
+
+    def reason(_) -> str:
+        with pytest.raises(BadImageError) as refused:
+            load_rgb({"path": str(tmp_path / "large.png"), "bytes": None}, short_side=64)
+        return str(refused.value)
+
+    with ThreadPoolExecutor(8) as pool:
+        reasons = list(pool.map(reason, range(3000)))  # the old race let 1-2 in 3000 through, every time of 10
+    assert [text for text in reasons if "decompression bomb" not in text] == []
 
 
 def test_load_rgb_resizes_the_shorter_side_and_never_enlarges(tmp_path):
