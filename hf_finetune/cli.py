@@ -9,20 +9,38 @@ from typing import Callable, Optional
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run `main`; a UserError (bad input) prints `error: ...` and exits 2 instead of a traceback."""
+    """Run `main`; a UserError (bad input) prints `error: ...` and exits 2 instead of a traceback, a run stopped by
+    SIGTERM exits 75."""
     from .errors import TrainingStopped, UserError
 
+    code = 0
     try:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except TrainingStopped as stopped:
         print(str(stopped), file=sys.stderr)
-        sys.exit(TrainingStopped.exit_code)
+        code = TrainingStopped.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    exit_process(code)
+
+
+def exit_process(code: int) -> None:
+    """Exit with `code`. A process of a multi-process launch exits without finalizing the interpreter: DDP's
+    reducer keeps the gloo process group, and its worker threads, alive past destroy_process_group, and a worker
+    that frees a Python tensor once the interpreter is finalizing aborts the process ("terminate called without
+    an active exception"), so the launcher reports a finished run as failed (pytorch/pytorch#179291, abandoned).
+    Everything the run wrote is closed by now (DataLoader workers too); what is left to do is flushing."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        sys.exit(code)
 
 
 def _configure_logging() -> None:

@@ -50,10 +50,9 @@ class StopGuard:
 
 def leave_together(accelerator) -> None:
     """A barrier as the last collective before every process exits, at the end of a run or on an error they
-    all agree on. A process that leaves right after a collective with tensors can die on its way out: a gloo
-    worker thread that frees those tensors late needs the GIL during interpreter shutdown, which aborts the
-    process (seen under load, rank 1 exiting with SIGABRT), and the launcher then kills the others, the main
-    one mid-save. A barrier holds no tensors; it also keeps every process until the main one is done."""
+    all agree on: no process leaves while the main one still saves, so a launcher that stops the others when one
+    exits with an error never kills the main process mid-save. A barrier holds no tensors, so gloo's worker
+    threads have less left to free as the processes exit; cli.exit_process makes the exit safe from what they do."""
     if accelerator.num_processes > 1:
         accelerator.wait_for_everyone()
 
