@@ -20,9 +20,9 @@ def _train_loader(spec: dict):
     input already; ours are uint8 and get loaders.Normalize in the step, which is timed separately."""
     if spec["pipeline"] == "chapter":
         return chapter_loaders(Path(spec["root"]), spec["workers"], spec["batch_size"], spec["img_size"])[0], None
-    from hf_finetune.cache import prepare_images
-    from hf_finetune.data import load_image_data
-    from hf_finetune.loaders import create_dataloaders, create_normalize
+    from hf_finetune.data.cache import prepare_images
+    from hf_finetune.data.sources import load_image_data
+    from hf_finetune.data.loaders import create_dataloaders, create_normalize
 
     model = settings_model(spec)
     data = prepare_images(load_image_data(finetune_config(spec)), model, report=False)
@@ -73,8 +73,8 @@ def measure_profile(spec: dict) -> dict:
 
 
 def measure_cache_build(spec: dict) -> dict:
-    from hf_finetune.cache import prepare_images
-    from hf_finetune.data import load_image_data
+    from hf_finetune.data.cache import prepare_images
+    from hf_finetune.data.sources import load_image_data
 
     data = load_image_data(finetune_config(spec))
     model = settings_model(spec)

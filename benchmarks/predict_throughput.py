@@ -38,8 +38,8 @@ def main() -> None:
 
     import torch
 
-    from hf_finetune.batch_predict import TorchRunner, predict_files
-    from hf_finetune.predict import load_classifier, predict
+    from hf_finetune.serve.batch_predict import TorchRunner, predict_files
+    from hf_finetune.serve.predict import load_classifier, predict
 
     classifier = load_classifier(args.model)
     with tempfile.TemporaryDirectory(prefix="predict_throughput_") as folder:

@@ -31,7 +31,7 @@ from benchmarks.training import training_section
 
 
 def benchmark(args, work: Path) -> list[str]:
-    from hf_finetune.loaders import default_num_workers
+    from hf_finetune.data.loaders import default_num_workers
 
     ours = default_num_workers(1)
     photos = Path(args.data_dir) if args.data_dir else upscaled_photos(HOTDOG_MINI, work / "photos")

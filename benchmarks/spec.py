@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def settings_model(spec: dict):
     """The classifier whose data config (mean/std, crop, resize) the loaders and the cache follow."""
-    from hf_finetune.model import create_classifier
+    from hf_finetune.model.create import create_classifier
 
     return create_classifier(spec["model"], ["a", "b"], pretrained=False, img_size=spec["img_size"])[0]
 

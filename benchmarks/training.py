@@ -16,7 +16,7 @@ from benchmarks.spec import finetune_config
 def measure_our_training(spec: dict) -> dict:
     """hf_finetune's own run (`finetune`), with the settings in spec["overrides"], and the precision it trained in
     ("fp32", "bf16"), as its run_config.json records it."""
-    from hf_finetune.finetune import finetune
+    from hf_finetune.run import finetune
     from hf_finetune.hardware import Precision
 
     with tempfile.TemporaryDirectory() as output_dir:

@@ -5,9 +5,9 @@ The public names load on first use (PEP 562), so `import hf_finetune` and `--hel
 
 from importlib import import_module
 
-_EXPORTS = {"Classifier": "predict", "FinetuneConfig": "config", "UserError": "errors", "finetune": "finetune",
-            "load_classifier": "predict", "parse_config": "config", "predict": "predict", "push_to_hub": "hub",
-            "write_model_card": "card"}
+_EXPORTS = {"Classifier": "serve.predict", "FinetuneConfig": "config", "UserError": "errors", "finetune": "run",
+            "load_classifier": "serve.predict", "parse_config": "config", "predict": "serve.predict",
+            "push_to_hub": "publish.hub", "write_model_card": "publish.card"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -1,5 +1,5 @@
 """`python -m hf_finetune ...`: the same command as `hf-finetune` and `scripts/finetune.py` (subprocesses use it)."""
 
-from .cli import main
+from hf_finetune.cli import main
 
 main()

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 def run_cli(main: Callable[[], object]) -> None:
     """Run `main`; a UserError (bad input) prints `error: ...` and exits 2 instead of a traceback, a run stopped by
     SIGTERM exits 75."""
-    from .errors import TrainingStopped, UserError
+    from hf_finetune.errors import TrainingStopped, UserError
 
     code = 0
     try:
@@ -53,11 +53,11 @@ def _configure_logging() -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     def run():
-        from .config import parse_config
+        from hf_finetune.config import parse_config
 
         config = parse_config(argv)  # before anything imports torch: --help and bad flags answer at once
         _configure_logging()
-        from .finetune import finetune
+        from hf_finetune.run import finetune
 
         finetune(config)
 

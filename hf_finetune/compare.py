@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .card import write_model_card
-from .config import parse_config
-from .errors import UserError
-from .recipes import DEFAULT_RECIPE
+from hf_finetune.publish.card import write_model_card
+from hf_finetune.config import parse_config
+from hf_finetune.errors import UserError
+from hf_finetune.recipes import DEFAULT_RECIPE
 
 # name -> (description, extra flags). Flags come after the user's, so they win.
 VARIANTS = {

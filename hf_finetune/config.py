@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from .errors import UserError
+from hf_finetune.errors import UserError
 
 EVAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
 # --select-metric name -> (key of metrics.ClassificationMetrics.compute(), True when higher is better)
@@ -21,7 +21,7 @@ SELECT_METRICS = {"eval_loss": ("loss", False), "accuracy": ("accuracy", True), 
                   "balanced_accuracy": ("balanced_accuracy", True), "top5": ("top5", True)}
 
 
-from .recipes import DEFAULT_RECIPE, RECIPES, apply_recipe
+from hf_finetune.recipes import DEFAULT_RECIPE, RECIPES, apply_recipe
 
 # Options a recipe fills when left unset (None); the --help of each says "default: the recipe's".
 RECIPE_NOTE = " Default: the --recipe's value."

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from .errors import UserError
+from hf_finetune.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ def main() -> None:
     args = parse_args()
     import sys
 
-    from hf_finetune.evaluation import describe, evaluate_folder, plot_mistake_grid
+    from hf_finetune.evaluate.evaluation import describe, evaluate_folder, plot_mistake_grid
     from hf_finetune.files import write_json
-    from hf_finetune.plots import plot_confusion_matrix
-    from hf_finetune.predict import load_classifier
+    from hf_finetune.evaluate.plots import plot_confusion_matrix
+    from hf_finetune.serve.predict import load_classifier
 
     classifier = load_classifier(args.model)
     result = evaluate_folder(classifier, args.data, args.tta == "flip", args.batch_size, args.mistakes,

@@ -24,10 +24,10 @@ def main() -> None:
                              "`hf auth login`.")
     args = parser.parse_args()
 
-    from hf_finetune.export import export_onnx
+    from hf_finetune.publish.export import export_onnx
 
     if args.push_to_hub:
-        from hf_finetune.hub import check_push_possible
+        from hf_finetune.publish.hub import check_push_possible
 
         check_push_possible(args.push_to_hub)  # a bad repo id or a missing token fails before the export
     result = export_onnx(args.source, args.output_dir, args.check_images)
@@ -36,7 +36,7 @@ def main() -> None:
     if not result.checked_images:
         print("note: no real images were checked (pass --check-images)")
     if args.push_to_hub:
-        from hf_finetune.hub import push_onnx
+        from hf_finetune.publish.hub import push_onnx
 
         run_dir = Path(args.source) if (Path(args.source) / "run_config.json").is_file() else None
         print(f"pushed: {push_onnx(result.onnx_path.parent, args.push_to_hub, run_dir)}")

@@ -14,7 +14,7 @@ from hf_finetune.cli import run_cli
 def main() -> None:
     from hf_finetune.cli import _configure_logging
     from hf_finetune.config import parse_config
-    from hf_finetune.lr_find import find_lr, plot_range_test
+    from hf_finetune.train.lr_find import find_lr, plot_range_test
 
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)

@@ -38,14 +38,14 @@ def main() -> None:
     args = parse_args()
     from tqdm.auto import tqdm
 
-    from hf_finetune.batch_predict import Failure, TorchRunner, expand_inputs, predict_files, write_predictions
+    from hf_finetune.serve.batch_predict import Failure, TorchRunner, expand_inputs, predict_files, write_predictions
 
     if args.onnx:
-        from hf_finetune.onnx_model import load_onnx_classifier
+        from hf_finetune.serve.onnx_model import load_onnx_classifier
 
         runner = load_onnx_classifier(args.model)
     else:
-        from hf_finetune.predict import load_classifier
+        from hf_finetune.serve.predict import load_classifier
 
         runner = TorchRunner(load_classifier(args.model))
     paths, failures = expand_inputs(args.inputs)

@@ -20,7 +20,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")  # retries are worth seeing
 
-    from hf_finetune.hub import push_to_hub
+    from hf_finetune.publish.hub import push_to_hub
 
     print(f"pushed and verified {args.repo_id}: {push_to_hub(args.output_dir, args.repo_id, not args.hub_public)}")
 

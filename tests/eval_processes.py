@@ -18,8 +18,8 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_finetune.engine import evaluate  # noqa: E402
-from hf_finetune.loaders import create_normalize  # noqa: E402
+from hf_finetune.train.engine import evaluate  # noqa: E402
+from hf_finetune.data.loaders import create_normalize  # noqa: E402
 
 NAMES = ["a", "b", "c", "d", "e", "f"]
 

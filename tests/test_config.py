@@ -75,7 +75,7 @@ def test_help_answers_before_the_training_stack_is_imported():
     """`--help` must not wait for the training stack's import (seconds): parse first, import it after. (Whether
     torch loads at all is up to transformers' HfArgumentParser: 5.24 imports none, 5.0 does.)"""
     code = ("import sys\nfrom hf_finetune.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
-            "    pass\nprint('imported:', sorted(name for name in ('hf_finetune.finetune', 'hf_finetune.parts', "
+            "    pass\nprint('imported:', sorted(name for name in ('hf_finetune.run', 'hf_finetune.train.parts', "
             "'timm', 'accelerate', 'datasets') if name in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "--mixed-precision" in result.stdout and "--resume" in result.stdout

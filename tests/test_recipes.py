@@ -9,7 +9,7 @@ from conftest import make_image_folder, run_script
 
 from hf_finetune.config import FinetuneConfig, parse_config
 from hf_finetune.errors import UserError
-from hf_finetune.optim import create_param_groups
+from hf_finetune.model.optim import create_param_groups
 from hf_finetune.recipes import resolve_for_data, resolve_for_model, resolve_warmup, small_data_batch_size
 
 

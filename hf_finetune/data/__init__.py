@@ -1,0 +1,1 @@
+"""Data: sources (folder, Hub dataset, hotdog download) -> labelled splits -> decoded cache -> loaders."""

@@ -1,0 +1,225 @@
+"""Resolve the data source into a train and an eval `datasets.Dataset` plus the label names.
+
+Every source ends as columns `image` (datasets Image) and `label` (ClassLabel): the hotdog
+archive and local folders through the `imagefolder` builder, Hub datasets through `load_dataset`.
+The ClassLabel order (sorted folder names for folders) is the label order saved with the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from hf_finetune.config import EVAL_SPLIT_NAMES, FinetuneConfig
+from hf_finetune.data.download import default_cache_dir, hotdog_dir
+from hf_finetune.errors import UserError, first_line
+from hf_finetune.data.subsets import select_samples
+
+logger = logging.getLogger(__name__)
+
+# The extensions datasets' imagefolder indexes; used to tell an empty class folder from a real one.
+TEST_SPLIT = "test"
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageData:
+    train: "datasets.Dataset"  # noqa: F821
+    eval: "datasets.Dataset"  # noqa: F821
+    label_names: list[str]
+    name: str  # how the card names the data: a Hub id or a folder's name, never a local path
+    eval_split: str  # the split name, or "holdout" when carved out of train
+    root: Optional[Path] = None  # the local folder the images came from; bad-file paths are relative to it
+    # Filled by cache.prepare_images: {"split", "path", "reason"} of every unreadable file it skipped.
+    bad_files: list[dict] = field(default_factory=list)
+    # A held-out test split beside the eval split (which selects the epoch): scored once, for the selected model.
+    test: Optional["datasets.Dataset"] = None  # noqa: F821
+    test_split: Optional[str] = None
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    # Hidden and special folders (.git, __MACOSX) are never classes or splits.
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") for p in folder.rglob("*"))
+
+
+def find_splits(root: Path, train_split: str = "train",
+                eval_split: Optional[str] = None) -> tuple[Path, Optional[Path]]:
+    """Return (train folder, eval folder or None) of a class-per-folder tree."""
+    if not root.is_dir():
+        raise UserError(f"--data-dir {root}: no such folder")
+    subdirs = {p.name: p for p in _visible_dirs(root)}
+    if train_split not in subdirs:
+        if eval_split or any(name in subdirs for name in EVAL_SPLIT_NAMES):
+            raise UserError(f"--data-dir {root} has no '{train_split}' folder; found {', '.join(subdirs)} "
+                            "(name the training split with --train-split)")
+        return root, None  # the folder itself is the class tree; eval will be a holdout
+    if eval_split is not None:
+        if eval_split not in subdirs:
+            raise UserError(f"--eval-split {eval_split}: no such folder in {root}; found {', '.join(subdirs)}")
+        return subdirs[train_split], subdirs[eval_split]
+    found = next((subdirs[name] for name in EVAL_SPLIT_NAMES if name in subdirs), None)
+    return subdirs[train_split], found
+
+
+def test_split_name(split_names, eval_name: Optional[str]) -> Optional[str]:
+    """"test" when the data has it beside another eval split (val, validation, valid): that one selects the
+    epoch and the test split, untouched by the selection, scores the selected model."""
+    return TEST_SPLIT if eval_name not in (None, TEST_SPLIT) and TEST_SPLIT in split_names else None
+
+
+def find_classes(split_dir: Path) -> list[str]:
+    """Class folder names that hold at least one image; warns about (and drops) empty ones."""
+    classes, empty = [], []
+    for folder in _visible_dirs(split_dir):
+        (classes if _has_images(folder) else empty).append(folder.name)
+    if empty:
+        logger.warning("ignoring class folder(s) without images in %s: %s", split_dir, ", ".join(empty))
+    if len(classes) < 2:
+        raise UserError(f"{split_dir} has {len(classes)} class folder(s) with images "
+                        f"({', '.join(classes) or 'none'}); a classifier needs at least two: "
+                        "lay out the data as DIR/train/<class>/*.jpg")
+    return classes
+
+
+def load_image_folder(root: Path, config: FinetuneConfig) -> ImageData:
+    import datasets
+
+    train_dir, eval_dir = find_splits(root, config.train_split, config.eval_split)
+    classes = find_classes(train_dir)
+    data_files = {"train": [str(train_dir / name / "**") for name in classes]}
+    test_name = test_split_name([p.name for p in _visible_dirs(root)], eval_dir.name if eval_dir else None)
+    for key, folder in (("eval", eval_dir), ("test", root / test_name if test_name else None)):
+        if folder is not None:
+            data_files[key] = _split_files(folder, classes, train_dir)
+    # drop_labels=False: imagefolder would otherwise skip labels for a single-class split;
+    # drop_metadata=True: a stray metadata.csv must not replace the folder labels.
+    loaded = datasets.load_dataset("imagefolder", data_files=data_files, drop_labels=False, drop_metadata=True,
+                                   cache_dir=_datasets_cache(config))
+    label_names = loaded["train"].features["label"].names
+    if label_names != classes:
+        raise UserError(f"{train_dir}: images must sit directly in the class folders "
+                        f"(found labels {label_names[:5]}..., expected {classes})")
+    train, evaluation, split_name = loaded["train"], loaded.get("eval"), eval_dir.name if eval_dir else "holdout"
+    if evaluation is None:
+        train, evaluation = _holdout(train, config)
+    return ImageData(train, evaluation, label_names, name=root.name, eval_split=split_name, root=root,
+                     test=loaded.get("test"), test_split=test_name)
+
+
+def _split_files(folder: Path, classes: list[str], train_dir: Path) -> list[str]:
+    """imagefolder's file patterns of an evaluated split, whose classes must all be training classes."""
+    found = [path.name for path in _visible_dirs(folder) if _has_images(path)]
+    if not found:
+        raise UserError(f"split {folder} has no images in class folders")
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        others = [path.name for path in _visible_dirs(folder.parent) if path not in (train_dir, folder)]
+        hint = (f"; other folders here: {', '.join(others)} (choose the eval split with --eval-split NAME)"
+                if others else "")
+        raise UserError(f"{folder} has class folder(s) that train does not: {', '.join(unknown)}{hint}")
+    return [str(folder / name / "**") for name in found]
+
+
+def load_hub_dataset(config: FinetuneConfig) -> ImageData:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(config.dataset_name, config.dataset_config, cache_dir=_datasets_cache(config))
+    except Exception as error:  # load_dataset raises many types: offline, missing, gated, bad config
+        raise UserError(f"could not load Hub dataset {config.dataset_name!r}: {first_line(error)}; "
+                        "check the id (and HF_HUB_OFFLINE), or use --data-dir PATH") from None
+    if config.train_split not in loaded:
+        raise UserError(f"dataset {config.dataset_name} has no split {config.train_split!r}; "
+                        f"splits: {', '.join(loaded)} (use --train-split)")
+    eval_name = config.eval_split or next((name for name in EVAL_SPLIT_NAMES if name in loaded), None)
+    if eval_name is not None and eval_name not in loaded:
+        raise UserError(f"dataset {config.dataset_name} has no split {eval_name!r}; splits: {', '.join(loaded)}")
+    splits = {"train": loaded[config.train_split]}
+    if eval_name:
+        splits["eval"] = loaded[eval_name]
+    test_name = test_split_name(list(loaded), eval_name)
+    if test_name:
+        splits["test"] = loaded[test_name]
+    splits = {key: _canonical_columns(split, config) for key, split in splits.items()}
+    train = _class_encoded(splits["train"])
+    label_names = train.features["label"].names
+    names = {"eval": eval_name, "test": test_name}
+    splits.update({key: _class_encoded(split, label_names, f"split {names[key]} of {config.dataset_name}")
+                   for key, split in splits.items() if key != "train"})
+    evaluation = splits.get("eval")
+    if evaluation is None:
+        train, evaluation = _holdout(train, config)
+    return ImageData(train, evaluation, label_names, name=config.dataset_name, eval_split=eval_name or "holdout",
+                     test=splits.get("test"), test_split=test_name)
+
+
+def _canonical_columns(split, config: FinetuneConfig):
+    """Rename the image/label columns to `image`/`label`, with a ClassLabel label."""
+    import datasets
+
+    def pick(given, candidates, what):
+        name = given or next((c for c in candidates if c in split.column_names), None)
+        if name not in split.column_names:
+            raise UserError(f"dataset has no {what} column {name or ' or '.join(candidates)}; columns: "
+                            f"{', '.join(split.column_names)} (use --{what}-column)")
+        return name
+
+    image, label = pick(config.image_column, ("image", "img"), "image"), pick(config.label_column,
+                                                                             ("label", "labels"), "label")
+    split = split.select_columns([image, label]).rename_columns({image: "image", label: "label"})
+    if not isinstance(split.features["image"], datasets.Image):
+        split = split.cast_column("image", datasets.Image())
+    return split
+
+
+def _class_encoded(split, label_names: Optional[list[str]] = None, what: str = ""):
+    """The split with a ClassLabel `label`. Without `label_names` (train) string labels become classes in sorted
+    order; with them (eval) they are encoded with train's classes, so an eval split lacking a class still fits."""
+    import datasets
+
+    feature = split.features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        if label_names is not None and feature.names != label_names:
+            raise UserError(f"{what} has labels {feature.names[:5]}..., train {label_names[:5]}...: they must be the "
+                            "same classes in the same order")
+        return split
+    if label_names is None:
+        return split.class_encode_column("label")
+    unknown = sorted(set(map(str, split.unique("label"))) - set(label_names))
+    if unknown:
+        raise UserError(f"{what} has label(s) that train does not: {', '.join(unknown[:10])}")
+    return split.cast_column("label", datasets.ClassLabel(names=label_names))
+
+
+def _holdout(train, config: FinetuneConfig):
+    counts = Counter(train["label"])
+    if min(counts.values(), default=0) < 2:
+        raise UserError("no eval split, and too few images per class to hold some out: add a val/ folder")
+    parts = train.train_test_split(test_size=config.val_fraction, stratify_by_column="label", seed=config.seed)
+    return parts["train"], parts["test"]
+
+
+def _datasets_cache(config: FinetuneConfig) -> Optional[str]:
+    return str(Path(config.cache_dir) / "datasets") if config.cache_dir else None
+
+
+def load_image_data(config: FinetuneConfig) -> ImageData:
+    """The data the config names: --data-dir, --dataset-name, or the d2l hotdog set; with --max-train-samples /
+    --max-eval-samples, a stratified seeded subset of each split (before any image is decoded)."""
+    if config.dataset_name:
+        data = load_hub_dataset(config)
+    elif config.data_dir:
+        data = load_image_folder(Path(config.data_dir).expanduser(), config)
+    else:
+        data = load_image_folder(hotdog_dir(Path(config.cache_dir or default_cache_dir())), config)
+        data.name = "hotdog"
+    data.train = select_samples(data.train, config.max_train_samples, config.seed)
+    data.eval = select_samples(data.eval, config.max_eval_samples, config.seed)
+    return data

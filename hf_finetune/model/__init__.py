@@ -1,0 +1,1 @@
+"""Model: any timm source -> classifier with a new head, reused rows, freezing, parameter groups, EMA."""

@@ -1,0 +1,238 @@
+"""The run, top to bottom: set up, resume, train and evaluate epoch by epoch, finish, push.
+
+Side effects that must happen once (writing files, printing, pushing) sit behind
+`accelerator.is_main_process`, in this module and in the checkpoint writer only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from hf_finetune.publish.card import write_model_card
+from hf_finetune.train.checkpoints import TrainingProgress, save_checkpoint
+from hf_finetune.config import FinetuneConfig
+from hf_finetune.train.engine import EpochStats, ResumePoint, train_one_epoch
+from hf_finetune.errors import TrainingStopped
+from hf_finetune.files import write_json
+from hf_finetune.model.freezing import frozen_batchnorms, set_requires_grad
+from hf_finetune.train.guard import PREEMPTED, StopGuard, leave_together
+from hf_finetune.hardware import cpu_model
+from hf_finetune.publish.hub import check_push_possible, push_to_hub
+from hf_finetune.tasks.metrics import summary_line
+from hf_finetune.model.create import save_classifier, unwrap
+from hf_finetune.model.optim import describe_learning_rates, describe_param_groups
+from hf_finetune.train.parts import TrainingParts, create_training_parts
+from hf_finetune.evaluate.plots import plot_confusion_matrix
+from hf_finetune.recipes import describe_recipe
+from hf_finetune.evaluate.report import library_versions, plot_training_curves, summary_lines
+from hf_finetune.train.resume import resume_training
+from hf_finetune.train.selection import (check_select_metric, eval_columns, evaluate_candidates, final_evaluation, prune_best,
+                        save_best, select_epoch)
+
+logger = logging.getLogger(__name__)
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Fine-tune, save the model and metrics in config.output_dir, and return the final metrics."""
+    config.validate()
+    if config.push_to_hub:
+        check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
+    parts = create_training_parts(config)
+    check_select_metric(config.select_metric, len(parts.data.label_names))
+    progress, resume_point = resume_training(parts)
+    if not progress.already_finished:
+        record_start(parts)
+    # Trackers take scalar hyper-parameters only (tensorboard's hparams refuses dicts such as recipe_values).
+    parts.accelerator.init_trackers("hf_finetune", config={k: v for k, v in config.to_dict().items()
+                                                            if isinstance(v, (int, float, str, bool))})
+    with StopGuard() as guard:
+        for epoch in range(progress.epoch + 1, config.epochs + 1):
+            if progress.stopped_early:  # also when resuming a run that had stopped early
+                break
+            run_epoch(parts, progress, epoch, guard, resume_point)
+            resume_point = None
+    metrics = finish(parts, progress)
+    leave_together(parts.accelerator)
+    parts.accelerator.end_training()
+    if parts.accelerator.is_main_process and config.push_to_hub:  # needs no other process: they need not wait
+        push_once(Path(config.output_dir), config)
+    return metrics
+
+
+def record_start(parts: TrainingParts) -> None:
+    """run_config.json (everything needed to reproduce the run) and the start-up lines, on the main process."""
+    if not parts.accelerator.is_main_process:
+        return
+    if parts.precision.slow_warning:
+        logger.warning(parts.precision.slow_warning)
+    config, data, source = parts.config, parts.data, parts.source
+    trainable, total = parts.parameter_counts
+    groups = describe_param_groups(parts.optimizer)
+    class_weights = parts.objective.class_weights
+    weights = None if class_weights is None else dict(zip(data.label_names, class_weights.tolist()))
+    run_config = {
+        "config": config.to_dict(), "command": sys.argv,
+        "source": {"name": source.name, "architecture": source.architecture, "pretrained": source.pretrained,
+                   "hub_id": source.hub_id, "tag": source.tag, "license": source.license},
+        "data": {"name": data.name, "eval_split": data.eval_split, "train_size": len(data.train),
+                 "eval_size": len(data.eval), "test_split": data.test_split,
+                 "test_size": len(data.test) if data.test is not None else None},
+        "label_names": data.label_names, "label_matches": parts.reused_rows, "param_groups": groups,
+        "num_processes": parts.accelerator.num_processes, "per_device_batch_size": parts.per_device_batch_size,
+        "mixed_precision": parts.precision.mixed_precision, "mixed_precision_reason": parts.precision.reason,
+        "cpu": cpu_model(), "versions": library_versions(),
+        "frozen": {"groups": config.freeze, "fraction": config.freeze_fraction, "num_params": total - trainable,
+                   "head_warmup_epochs": config.freeze_epochs, "batchnorm_frozen": config.freeze_bn},
+        "trainable_params": trainable, "total_params": total, "bad_files": data.bad_files,
+        "recipe": {"name": config.recipe, "values": config.recipe_values}, "class_weights": weights,
+    }
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(output_dir / "run_config.json", run_config)
+    test = f" / {len(data.test)} {data.test_split}" if data.test is not None else ""
+    print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split}{test} images, classes "
+          f"{data.label_names}; {config.model}: {describe_learning_rates(groups)}")
+    print(f"trainable parameters: {trainable:,} of {total:,}; precision {parts.precision.describe()}")
+    print(describe_recipe(config))
+    if weights:
+        print("class weights (balanced): " + ", ".join(f"{name} {value:.3f}" for name, value in weights.items()))
+
+
+def run_epoch(parts: TrainingParts, progress: TrainingProgress, epoch: int, guard: StopGuard,
+              resume_point: Optional[ResumePoint]) -> None:
+    """Train one epoch (stopping early on a SIGTERM), evaluate, record and checkpoint it."""
+    config, accelerator = parts.config, parts.accelerator
+    parts.train_loader.set_epoch(epoch)
+    warming_up = epoch <= config.freeze_epochs
+    set_requires_grad(unwrap(parts.model), parts.warmup_frozen, not warming_up)
+    if config.freeze_epochs and epoch <= config.freeze_epochs + 1:
+        accelerator.print(f"epoch {epoch}: " + ("head only, backbone frozen" if warming_up else "backbone unfrozen"))
+    norms = frozen_batchnorms(unwrap(parts.model), all_of_them=config.freeze_bn)
+    train = train_one_epoch(parts, epoch, guard, norms, resume_point)
+    if train.stopped_at_step is not None:
+        progress.step = train.stopped_at_step
+        save_checkpoint(parts, progress, epoch_sums=train.sums)
+        stop_for_sigterm(parts, progress)
+    evaluation = evaluate_candidates(parts)
+    improved = select_epoch(parts, progress, epoch, evaluation)
+    row = epoch_row(epoch, train, evaluation, parts.optimizer)
+    progress.epoch, progress.step, progress.history = epoch, 0, progress.history + [row]
+    accelerator.log({key: value for key, value in row.items() if isinstance(value, (int, float))}, step=epoch)
+    accelerator.print(epoch_line(row, evaluation, progress, improved))
+    if improved and not config.save_last:
+        save_best(parts, progress)  # before the checkpoint that names it, removed after the next one (selection.py)
+    save_checkpoint(parts, progress)
+    prune_best(parts, progress)
+    if progress.stopped_early:
+        accelerator.print(f"early stopping: no {config.select_metric} improvement > {config.min_delta:g} for "
+                          f"{config.patience} epoch(s); best epoch {progress.best['epoch']}")
+    elif epoch < config.epochs and guard.check(accelerator) == PREEMPTED:
+        stop_for_sigterm(parts, progress)
+
+
+def epoch_row(epoch: int, train: EpochStats, evaluation: dict[str, dict], optimizer) -> dict:
+    """One epoch's line of metrics.json: the trained weights' eval_* (and the EMA's ema_eval_*) columns."""
+    row = {"epoch": epoch, "train_loss": train.loss, "train_acc": train.accuracy,
+           **eval_columns(evaluation["trained"]), "train_count": train.count,
+           "examples_per_sec": train.examples_per_sec,
+           "epoch_seconds": train.seconds + sum(result["seconds"] for result in evaluation.values()),
+           "lr": {group["name"]: group["lr"] for group in optimizer.param_groups}}
+    if "ema" in evaluation:
+        row.update(eval_columns(evaluation["ema"], "ema_eval"))
+    return row
+
+
+def epoch_line(row: dict, evaluation: dict[str, dict], progress: TrainingProgress, improved: bool) -> str:
+    """The epoch's one line: the chapter's three numbers, then the eval metrics of each set of weights."""
+    line = (f"epoch {row['epoch']}: loss {row['train_loss']:.3f}, train acc {row['train_acc']:.3f}, "
+            f"test acc {row['eval_acc']:.3f} ({row['eval_count']} eval images) | "
+            + summary_line(evaluation["trained"]))
+    if "ema" in evaluation:
+        line += " | EMA: " + summary_line(evaluation["ema"])
+    return line + (f" | best ({progress.best['weights']})" if improved else "")
+
+
+def stop_for_sigterm(parts: TrainingParts, progress: TrainingProgress) -> None:
+    """After the checkpoint every process has written together: leave with TrainingStopped (exit code 75)."""
+    parts.accelerator.end_training()
+    raise TrainingStopped(f"stopped by SIGTERM after {progress.epoch} epoch(s) and {progress.step} batch(es); "
+                          "checkpoint saved: run the same command again to resume")
+
+
+def finish(parts: TrainingParts, progress: TrainingProgress) -> dict:
+    """Save the model, metrics, curves and card on the main process, unless an earlier run of this command did;
+    every process returns the final metrics."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    accelerator, output_dir = parts.accelerator, Path(parts.config.output_dir)
+    device = accelerator.device
+    devices = gather_object([device.type if device.type == "cpu" else str(device)])
+    # On every process: the selected weights go into the model and are evaluated (eval, test, TTA) together.
+    report = None if progress.already_finished else final_evaluation(parts, progress)
+    metrics = [None]
+    if accelerator.is_main_process:
+        if progress.already_finished:
+            accelerator.print(f"{output_dir} already holds this finished run: nothing to train")
+            metrics = [json.loads((output_dir / "metrics.json").read_text())]
+        else:
+            metrics = [final_metrics(progress.history, report, devices, accelerator.num_processes,
+                                     len(parts.data.bad_files))]
+            save_results(parts, metrics[0])
+        for line in summary_lines(metrics[0]["final"], metrics[0]["devices"]) + selection_lines(metrics[0]):
+            accelerator.print(line)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(metrics)
+    return metrics[0]
+
+
+def final_metrics(history: list[dict], report: dict, devices: list[str], num_processes: int, bad_files: int) -> dict:
+    """metrics.json: the per-epoch history; "final", the selected epoch's row with the saved weights' eval numbers
+    and the whole run's throughput and time; "selected", how it was selected and its full metrics per split
+    (per class, confusion matrix; test and TTA when there are)."""
+    train_seconds = sum(row["train_count"] / row["examples_per_sec"] for row in history)
+    row = next(row for row in history if row["epoch"] == report["selected"]["epoch"])
+    final = {**row, **eval_columns(report["eval"]),
+             "examples_per_sec": sum(row["train_count"] for row in history) / train_seconds,
+             "total_seconds": sum(row["epoch_seconds"] for row in history),
+             "selected_epoch": report["selected"]["epoch"], "selected_weights": report["selected"]["weights"]}
+    return {"history": history, "final": final, "selected": report, "devices": devices,
+            "num_processes": num_processes, "bad_files": bad_files}
+
+
+def selection_lines(metrics: dict) -> list[str]:
+    """What was saved, and its numbers on each evaluated split."""
+    report = metrics.get("selected")
+    if not report:
+        return []
+    selected = report["selected"]
+    lines = [f"saved: epoch {selected['epoch']}, {selected['weights']} weights ({selected['rule']})"]
+    return lines + [f"{split.replace('_tta', ' +flip TTA')}: {summary_line(report[split])}"
+                    for split in ("eval", "eval_tta", "test", "test_tta") if split in report]
+
+
+def save_results(parts: TrainingParts, metrics: dict) -> None:
+    output_dir = Path(parts.config.output_dir)
+    save_classifier(unwrap(parts.model), output_dir)
+    write_json(output_dir / "metrics.json", metrics)
+    plot_training_curves(metrics["history"], output_dir / "training_curves.png")
+    # The held-out test split when there is one: the eval split also chose the epoch.
+    shown = metrics["selected"].get("test") or metrics["selected"]["eval"]
+    plot_confusion_matrix(shown["confusion_matrix"], shown["label_names"], output_dir / "confusion_matrix.png")
+    write_model_card(output_dir)
+
+
+def push_once(output_dir: Path, config: FinetuneConfig) -> None:
+    """Push, unless this exact model already went to this repo (a re-run pushes nothing twice)."""
+    record_path = output_dir / "push.json"
+    model_digest = hashlib.sha256((output_dir / "model.safetensors").read_bytes()).hexdigest()
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if record.get(config.push_to_hub) == model_digest:
+        print(f"already pushed to {config.push_to_hub}: nothing to push")
+        return
+    print(f"pushed: {push_to_hub(output_dir, config.push_to_hub, private=not config.hub_public)}")
+    write_json(record_path, {**record, config.push_to_hub: model_digest})

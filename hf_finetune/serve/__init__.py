@@ -1,0 +1,1 @@
+"""Serving a saved model: preprocessing, prediction (PyTorch and onnxruntime), batch prediction."""

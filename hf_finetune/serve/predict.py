@@ -1,0 +1,99 @@
+"""Pull a fine-tuned classifier by name (Hub id, `hf-hub:` id or local folder) and classify images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from hf_finetune.errors import UserError, first_line
+from hf_finetune.hardware import one_thread
+from hf_finetune.data.images import BadImageError
+from hf_finetune.serve.preprocess import EvalPreprocess, ImageInput
+
+
+@dataclass
+class Classifier:
+    model: nn.Module  # in eval mode
+    # Training's evaluation preprocessing (decoder, uint8 resize by crop_pct + center crop, Normalize):
+    # transform(image) is one image's float input, transform.crop / transform.normalize the batched steps.
+    transform: EvalPreprocess
+    label_names: list[str]
+
+
+def timm_model_name(name_or_path: Union[str, Path]) -> str:
+    """The `local-dir:` / `hf-hub:` name timm loads for a local folder, a Hub id or an `hf-hub:` id."""
+    name = str(name_or_path)
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return name
+    if Path(name).is_dir():
+        return f"local-dir:{name}"
+    if Path(name).expanduser().is_absolute() or name.startswith(".") or name.count("/") != 1:
+        raise UserError(f"{name}: no such model folder, and not a Hub id of the form 'user/model'")
+    return f"hf-hub:{name}"
+
+
+def load_classifier(name_or_path: Union[str, Path], cache_dir: Optional[Path] = None) -> Classifier:
+    """The model with its eval transform and label names; `cache_dir` forces a download into that folder."""
+    import timm
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    name = timm_model_name(name_or_path)
+    try:
+        model = timm.create_model(name, pretrained=True, cache_dir=cache_dir)
+    except RepositoryNotFoundError:  # the Hub answers the same for a private repo without a token
+        raise UserError(f"no model repo {name[len('hf-hub:'):]} on the Hub, or it is private: for a private repo "
+                        "set HF_TOKEN or run `hf auth login`") from None
+    except Exception as error:  # hub (missing, private, offline), timm (bad config) and IO errors alike
+        hint = ("check the name, and for a private repo set HF_TOKEN or run `hf auth login`"
+                if name.startswith("hf-hub:") else "point at the --output-dir of a finished run")
+        raise UserError(f"could not load {name}: {first_line(error)}; {hint}") from None
+    model.eval()
+    label_names = list(model.pretrained_cfg.get("label_names") or [])
+    if len(label_names) != model.num_classes:
+        label_names = [str(index) for index in range(model.num_classes)]  # a model saved without its labels
+    return Classifier(model=model, transform=EvalPreprocess.for_model(model), label_names=label_names)
+
+
+def predict(classifier: Classifier, images: Sequence[ImageInput], top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each image (a path or a PIL image), the `top_k` (label, probability) pairs, most likely first."""
+    if not images:
+        return []
+    with one_thread():
+        crops = [eval_crop(classifier.transform, image) for image in images]
+    batch = classifier.transform.normalize(torch.stack(crops))
+    with torch.no_grad():
+        logits = classifier.model(batch)
+    return top_labels(logits, classifier.label_names, top_k)
+
+
+def top_labels(logits: torch.Tensor, label_names: list[str], top_k: int) -> list[list[tuple[str, float]]]:
+    """Per row of logits, the `top_k` (label, probability) pairs, most likely first."""
+    probabilities = torch.as_tensor(logits).float().softmax(dim=-1)
+    values, indices = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+    return [[(label_names[index], float(value)) for value, index in zip(row_values, row_indices)]
+            for row_values, row_indices in zip(values.tolist(), indices.tolist())]
+
+
+def eval_crop(preprocess: EvalPreprocess, image: ImageInput) -> torch.Tensor:
+    """The image's eval crop; a UserError naming the file when it cannot be read."""
+    try:
+        return preprocess.crop(image)
+    except BadImageError as error:
+        raise UserError(f"cannot read image {image}: {error}") from None
+
+
+def open_rgb(image: ImageInput):
+    """An upright RGB PIL image, decoded as training decodes it (`images.load_rgb`, full size)."""
+    from PIL import Image
+
+    from hf_finetune.data.images import load_rgb
+    from hf_finetune.serve.preprocess import image_source
+
+    try:
+        return Image.fromarray(load_rgb(image_source(image)))
+    except BadImageError as error:
+        raise UserError(f"cannot read image {image}: {error}") from None

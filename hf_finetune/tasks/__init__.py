@@ -1,0 +1,1 @@
+"""Tasks: what differs between kinds of classification (loss, activation, decision, metrics, TTA)."""

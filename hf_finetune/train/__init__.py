@@ -1,0 +1,1 @@
+"""Training: the parts a run trains with, the epoch and eval passes, checkpoints, resume, selection."""

@@ -1,0 +1,142 @@
+"""Everything a run trains with, built from the config: Accelerator, data, model, optimizer, schedule, loaders.
+
+`create_training_parts` is the run's set-up, top to bottom; what it builds travels as one `TrainingParts`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+
+from hf_finetune.data.cache import prepare_images
+from hf_finetune.config import FinetuneConfig
+from hf_finetune.data.sources import ImageData, load_image_data
+from hf_finetune.model.ema import create_ema
+from hf_finetune.errors import UserError
+from hf_finetune.model.freezing import backbone_parameters, count_parameters, parameters_to_freeze, set_requires_grad
+from hf_finetune.train.guard import node_main_first
+from hf_finetune.hardware import Precision, machine_precision
+from hf_finetune.data.loaders import Normalize, create_dataloaders, create_eval_loader, create_normalize
+from hf_finetune.model.create import SourceModel, create_classifier
+from hf_finetune.tasks.objective import TrainingObjective, create_objective
+from hf_finetune.model.optim import create_optimizer, create_param_groups, create_scheduler
+from hf_finetune.recipes import resolve_for_data, resolve_for_model
+from hf_finetune.model.reuse import reuse_classifier_rows
+
+
+@dataclass
+class TrainingParts:
+    config: FinetuneConfig
+    accelerator: "accelerate.Accelerator"  # noqa: F821
+    precision: Precision
+    data: ImageData
+    source: SourceModel
+    model: torch.nn.Module  # prepared: wrapped in DDP with several processes
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: torch.utils.data.DataLoader
+    eval_loader: torch.utils.data.DataLoader
+    normalize: Normalize  # the loaders' uint8 batch -> model input, on its device
+    per_device_batch_size: int
+    identity: dict  # what a checkpoint must have been made with to be resumed (checkpoints.check_identity)
+    parameter_counts: tuple[int, int]  # (trainable, total); the head warm-up's temporary freeze not counted
+    reused_rows: list = field(default_factory=list)  # head rows copied from the source classifier
+    warmup_frozen: set = field(default_factory=set)  # backbone parameters frozen during the head warm-up
+    ema: object = None  # timm ModelEmaV3 with --model-ema (ema.py)
+    test_loader: object = None  # the test split's, when the data has one beside its eval split (data.py)
+    objective: TrainingObjective = None  # the step's input mixing and loss (objective.py)
+
+
+def create_accelerator(config: FinetuneConfig, precision: Precision):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    report_to = [name.strip() for name in config.report_to.split(",") if name.strip() not in ("", "none")]
+    # Launched by torch.distributed.run without a GPU, Accelerate only picks gloo when told it runs on CPU.
+    multi_process_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=multi_process_cpu,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        dynamo_backend="inductor" if config.compile else None,
+        mixed_precision=precision.mixed_precision,
+        log_with=report_to or None,
+        project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=config.output_dir),
+        # No DataLoaderConfiguration: the shuffle order and augmentation come from sampling.py's seeded
+        # sampler, which Accelerate leaves in place (it replaces only a plain RandomSampler).
+        # We step the schedule once per optimizer update ourselves (see engine.train_one_epoch).
+        step_scheduler_with_optimizer=False,
+        # During a head warm-up the backbone gets no gradient; DDP must then not wait for one.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.freeze_epochs > 0)],
+    )
+    # Accelerate drops a tracker whose package is missing with only a warning: refuse instead.
+    active = {str(getattr(tracker, "value", tracker)) for tracker in accelerator.log_with}
+    missing = [name for name in report_to if name not in active]
+    if missing:
+        raise UserError(f"--report-to {','.join(missing)}: tracker not available; pip install {' '.join(missing)}")
+    return accelerator
+
+
+def per_device_batch_size(config: FinetuneConfig, num_processes: int) -> int:
+    """--batch-size is global: split it over processes and accumulation steps, exactly."""
+    shares = num_processes * config.gradient_accumulation_steps
+    if config.batch_size % shares:
+        raise UserError(f"--batch-size {config.batch_size} is not divisible by {num_processes} process(es) x "
+                        f"{config.gradient_accumulation_steps} accumulation step(s); pick a multiple of {shares}")
+    return config.batch_size // shares
+
+
+def create_training_parts(config: FinetuneConfig) -> TrainingParts:
+    from accelerate.utils import set_seed
+
+    precision = machine_precision(config.mixed_precision)
+    accelerator = create_accelerator(config, precision)
+    set_seed(config.seed)
+    # Once per machine (its local main process first): the download and the datasets cache are on its disk.
+    data = node_main_first(accelerator, partial(load_image_data, config))
+    resolve_for_data(config, len(data.train), accelerator.num_processes)  # the recipe's batch size
+    batch_per_device = per_device_batch_size(config, accelerator.num_processes)
+    model, source, reused_rows = _create_model(config, data.label_names)
+    fingerprints = data.train._fingerprint, data.eval._fingerprint  # of the files, cached or not
+    # The decode-once cache, likewise per machine; the main process alone reports bad files.
+    data = node_main_first(accelerator, partial(prepare_images, data, model, config.cache, config.max_bad_fraction,
+                                                report=accelerator.is_main_process))
+    train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
+                                                   accelerator.num_processes, config.seed, config.auto_augment)
+    objective = create_objective(config, data.train["label"], len(data.label_names))
+    normalize = create_normalize(model)
+    test_loader = (None if data.test is None else create_eval_loader(data.test, model, batch_per_device,
+                                                                     config.num_workers, accelerator.num_processes))
+    frozen = parameters_to_freeze(model, config.freeze, config.freeze_fraction)
+    set_requires_grad(model, frozen, False)  # before the optimizer: frozen parameters are not in it
+    optimizer = create_optimizer(create_param_groups(model, config), config)
+    # Head warm-up: the backbone is in the optimizer but gets no gradient until its epochs are over.
+    warmup_frozen = backbone_parameters(model) - frozen if config.freeze_epochs else set()
+    counts = count_parameters(model)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    test_loader = accelerator.prepare(test_loader) if test_loader is not None else None
+    updates_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    scheduler = accelerator.prepare(create_scheduler(optimizer, config, updates_per_epoch * config.epochs))
+    identity = {"model": config.model, "label_names": data.label_names, "train_data": fingerprints[0],
+                "eval_data": fingerprints[1], "num_processes": accelerator.num_processes,
+                "batch_size": config.batch_size, "gradient_accumulation_steps": config.gradient_accumulation_steps}
+    if config.model_ema:  # only then: checkpoints of runs without it keep their identity
+        identity["model_ema"] = True
+    return TrainingParts(config, accelerator, precision, data, source, model, optimizer, scheduler, train_loader,
+                         eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen,
+                         create_ema(model, config), test_loader, objective)
+
+
+def _create_model(config: FinetuneConfig, label_names: list[str]):
+    model, source = create_classifier(config.model, label_names, config.pretrained, config.pretrained_path,
+                                      config.img_size, config.drop_path)
+    resolve_for_model(config, model)
+    reused_rows = (reuse_classifier_rows(model, source, label_names, config.label_map)
+                   if config.reuse_classifier and source.pretrained else [])
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, source, reused_rows
+

@@ -1,0 +1,128 @@
+"""Where a run starts: afresh, or from the checkpoint the main process finds, checks and sends to every process.
+
+Only the main process looks at the output folder (on node 0 of a multi-node run; the other machines need not
+see it): it finds the newest complete checkpoint, refuses one made with other settings, and broadcasts the
+whole state, so every process resumes from the same weights, optimizer, schedule and progress, and from its
+own RNG state and metric sums of an interrupted epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from hf_finetune.train.checkpoints import TrainingProgress, check_identity, checkpoints_dir, find_checkpoint, read_checkpoint
+from hf_finetune.train.engine import ResumePoint
+from hf_finetune.errors import UserError
+from hf_finetune.train.guard import leave_together
+from hf_finetune.model.create import unwrap
+from hf_finetune.train.rng import restore_rng_state
+
+if TYPE_CHECKING:
+    from hf_finetune.train.parts import TrainingParts
+
+logger = logging.getLogger(__name__)
+
+# What a finished run leaves in its output folder besides checkpoints/, moved aside with them by --resume none.
+RUN_RESULTS = ("config.json", "model.safetensors", "README.md", "metrics.json", "training_curves.png",
+               "confusion_matrix.png", "run_config.json")
+
+
+def resume_training(parts: TrainingParts) -> tuple[TrainingProgress, Optional[ResumePoint]]:
+    """The progress to start from, and where an interrupted epoch stopped (None: start at an epoch boundary)."""
+    from accelerate.utils import broadcast_object_list
+
+    accelerator = parts.accelerator
+    start = [_find_start(parts) if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(start)
+    start = start[0]
+    if "error" in start:
+        leave_together(accelerator)
+        raise UserError(start["error"])
+    progress = TrainingProgress()
+    checkpoint = start.get("checkpoint")
+    if checkpoint is None:
+        return progress, None
+    rng_state = apply_checkpoint(parts, checkpoint, progress)
+    progress.already_finished = start["finished"]
+    accelerator.print(f"resumed from {checkpoint['path']}: {progress.epoch} epoch(s) and {progress.step} "
+                      "batch(es) done")
+    if not progress.step:
+        restore_rng_state(rng_state)
+        return progress, None
+    if len(progress.partial_sums) != accelerator.num_processes:
+        leave_together(accelerator)
+        raise UserError(f"{checkpoint['path']} was saved mid-epoch by an older hf_finetune without every process's "
+                        "metric sums; resume from an epoch's checkpoint (--resume PATH) or start over (--resume none)")
+    # Interrupted mid-epoch: the RNG state is restored once that epoch's batches flow (engine.train_one_epoch).
+    return progress, ResumePoint(progress.step, progress.partial_sums[accelerator.process_index], rng_state)
+
+
+def _find_start(parts: TrainingParts) -> dict:
+    """On the main process: {"checkpoint": read checkpoint or None, "finished": bool} or {"error": message}."""
+    config = parts.config
+    output_dir = Path(config.output_dir)
+    try:
+        if config.resume == "none":
+            aside = move_previous_run_aside(output_dir)
+            if aside is not None:
+                logger.warning("--resume none: moved the previous run's checkpoints and results to %s", aside)
+        path = find_checkpoint(output_dir, config.resume)
+        if path is None:
+            return {"checkpoint": None}
+        check_identity(path, parts.identity)
+        checkpoint = read_checkpoint(path)
+    except UserError as error:
+        return {"error": str(error)}
+    done = checkpoint["progress"]["epoch"] >= config.epochs or checkpoint["progress"].get("stopped_early")
+    finished = done and (output_dir / "metrics.json").is_file()
+    return {"checkpoint": checkpoint, "finished": finished}
+
+
+def move_previous_run_aside(output_dir: Path) -> Optional[Path]:
+    """Move an earlier run's checkpoints and results into OUTPUT_DIR/previous-run-<UTC time>/, so a fresh start
+    owns the folder: its checkpoints are the only ones retention ranks and `--resume auto` finds. Nothing is
+    deleted. Returns where they went, or None when there was nothing to move."""
+    present = [path for path in (checkpoints_dir(output_dir), *(output_dir / name for name in RUN_RESULTS))
+               if path.exists()]
+    if not present:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside, suffix = output_dir / f"previous-run-{stamp}", 1
+    while aside.exists():
+        suffix += 1
+        aside = output_dir / f"previous-run-{stamp}-{suffix}"
+    aside.mkdir()
+    for path in present:
+        os.replace(path, aside / path.name)
+    return aside
+
+
+def apply_checkpoint(parts: TrainingParts, checkpoint: dict, progress: TrainingProgress) -> dict:
+    """Load a read checkpoint into the prepared objects; returns this process's RNG state to restore."""
+    unwrap(parts.model).load_state_dict(checkpoint["model"])
+    if getattr(parts, "ema", None) is not None:  # its presence is part of the checkpoint's identity
+        parts.ema.module.load_state_dict(checkpoint["ema"])
+    optimizer = parts.optimizer
+    wanted = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    restored = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    if parts.accelerator.is_main_process and not all(map(math.isclose, wanted, restored)):
+        # As the HF Trainer does, a resumed run keeps its optimizer and schedule: say so rather than ignore it.
+        logger.warning("resuming from %s with its own learning rates %s, not the %s this command asks for; "
+                       "--resume none starts over with them", Path(checkpoint["path"]).name, _rates(restored),
+                       _rates(wanted))
+    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    if parts.accelerator.scaler is not None and checkpoint["scaler"] is not None:
+        parts.accelerator.scaler.load_state_dict(checkpoint["scaler"])
+    progress.load_state_dict(checkpoint["progress"])
+    return checkpoint["rng"][parts.accelerator.process_index]
+
+
+def _rates(rates: list[float]) -> str:
+    return "/".join(f"{rate:g}" for rate in rates)

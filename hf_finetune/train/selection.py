@@ -1,0 +1,156 @@
+"""Model selection and early stopping: which epoch's weights (trained or EMA) the run saves, and when it stops.
+
+Every epoch the trained weights (and with --model-ema the EMA copy) are scored by --select-metric on the eval
+split. The best so far, its score and the patience counter live in `TrainingProgress` (so in each checkpoint):
+a resumed run selects and stops exactly as an uninterrupted one. The scores come from gathered metrics, the
+same on every process; the main process's decision is broadcast anyway, so no rank can leave the loop alone.
+
+The best weights sit in OUTPUT_DIR/checkpoints/best-epoch-NNNN/ (main process, crash-safe like checkpoints):
+a new one is committed before the checkpoint that names it, and the old one removed only after, so whatever
+a kill interrupts, the newest checkpoint's best folder exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from hf_finetune.train.checkpoints import TrainingProgress, _fsync_tree, _remove, checkpoints_dir
+from hf_finetune.config import SELECT_METRICS
+from hf_finetune.model.ema import ema_state
+from hf_finetune.train.engine import evaluate
+from hf_finetune.errors import UserError
+from hf_finetune.model.create import unwrap
+
+if TYPE_CHECKING:
+    from hf_finetune.train.parts import TrainingParts
+
+BEST_PREFIX = "best-epoch-"
+
+
+def evaluate_candidates(parts: TrainingParts) -> dict[str, dict]:
+    """{"trained": metrics, "ema": metrics with --model-ema}: each `engine.evaluate` on the eval split."""
+    results = {"trained": evaluate(parts)}
+    if parts.ema is not None:
+        results["ema"] = evaluate(parts, model=parts.ema.module)
+    return results
+
+
+def check_select_metric(select_metric: str, num_classes: int) -> None:
+    """Refuse at the start, not after the first epoch, a metric these classes do not define."""
+    if SELECT_METRICS[select_metric][0] == "top5" and num_classes < 5:
+        raise UserError(f"--select-metric top5 needs at least 5 classes, the data has {num_classes}; "
+                        "use accuracy or eval_loss")
+
+
+def score(metrics: dict, select_metric: str) -> float:
+    key = SELECT_METRICS[select_metric][0]
+    if metrics.get(key) is None:
+        raise UserError(f"--select-metric {select_metric}: not computed for this evaluation; pick another one")
+    return metrics[key]
+
+
+def better(new: float, old: float, select_metric: str, min_delta: float = 0.0) -> bool:
+    """Whether `new` improves on `old` by more than min_delta (ties keep the earlier)."""
+    higher_is_better = SELECT_METRICS[select_metric][1]
+    return new - old > min_delta if higher_is_better else old - new > min_delta
+
+
+def select_epoch(parts: TrainingParts, progress: TrainingProgress, epoch: int, results: dict[str, dict]) -> bool:
+    """Update progress.best, the patience counter and stopped_early with this epoch; True when it is the new
+    best. Computed on every process from identical gathered metrics, then the main process's result is sent to
+    all, so every process stops at the same epoch."""
+    from accelerate.utils import broadcast_object_list
+
+    config = parts.config
+    scores = {name: score(metrics, config.select_metric) for name, metrics in results.items()}
+    weights = "ema" if "ema" in scores and better(scores["ema"], scores["trained"], config.select_metric) else "trained"
+    improved = progress.best is None or better(scores[weights], progress.best["score"], config.select_metric,
+                                               config.min_delta)
+    if improved:
+        progress.best, progress.epochs_without_improvement = {"epoch": epoch, "score": scores[weights],
+                                                              "weights": weights}, 0
+    else:
+        progress.epochs_without_improvement += 1
+    progress.stopped_early = bool(config.patience) and progress.epochs_without_improvement >= config.patience
+    decision = [(improved, progress.best, progress.epochs_without_improvement, progress.stopped_early)]
+    if parts.accelerator.num_processes > 1:
+        broadcast_object_list(decision)
+    improved, progress.best, progress.epochs_without_improvement, progress.stopped_early = decision[0]
+    return improved
+
+
+def best_dir(output_dir: Path, epoch: int) -> Path:
+    return checkpoints_dir(output_dir) / f"{BEST_PREFIX}{epoch:04d}"
+
+
+def save_best(parts: TrainingParts, progress: TrainingProgress) -> None:
+    """On the main process, before the epoch's checkpoint: the new best weights into best-epoch-NNNN/."""
+    from safetensors.torch import save_file
+
+    if not parts.accelerator.is_main_process:
+        return
+    final = best_dir(Path(parts.config.output_dir), progress.best["epoch"])
+    staging = final.with_name(".staging-" + final.name)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    state = ema_state(parts.ema) if progress.best["weights"] == "ema" else {
+        key: value.detach().cpu().contiguous() for key, value in unwrap(parts.model).state_dict().items()}
+    save_file(state, staging / "model.safetensors")
+    _fsync_tree(staging)
+    _remove(final)  # a leftover of an interrupted run that redoes this epoch: no checkpoint names it
+    os.replace(staging, final)
+    _fsync_tree(final.parent)
+
+
+def prune_best(parts: TrainingParts, progress: TrainingProgress) -> None:
+    """On the main process, after the epoch's checkpoint: remove the best folders it no longer names."""
+    folder = checkpoints_dir(Path(parts.config.output_dir))
+    if not parts.accelerator.is_main_process or progress.best is None or not folder.is_dir():
+        return
+    keep = best_dir(folder.parent, progress.best["epoch"]).name
+    for path in folder.glob(BEST_PREFIX + "*"):
+        if path.name != keep:
+            _remove(path)
+
+
+def load_selected(parts: TrainingParts, progress: TrainingProgress) -> dict:
+    """Put the weights to save into the model on every process (the main process reads them and sends them);
+    return how they were selected."""
+    from accelerate.utils import broadcast_object_list
+    from safetensors.torch import load_file
+
+    config, accelerator = parts.config, parts.accelerator
+    if config.save_last or progress.best is None:
+        return {"epoch": progress.epoch, "weights": "trained", "rule": "last epoch (--save-last)"}
+    state = [None]
+    if accelerator.is_main_process:
+        state = [load_file(best_dir(Path(config.output_dir), progress.best["epoch"]) / "model.safetensors")]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(state)
+    unwrap(parts.model).load_state_dict(state[0])
+    return {**progress.best, "metric": config.select_metric, "rule": f"best {config.select_metric} on the eval split"}
+
+
+def final_evaluation(parts: TrainingParts, progress: TrainingProgress) -> dict:
+    """The selected weights on the eval split (and the test split, if any), plain and with --tta flip."""
+    selected = load_selected(parts, progress)
+    report = {"selected": selected, "eval": evaluate(parts)}
+    test_loader: Optional[object] = getattr(parts, "test_loader", None)
+    if test_loader is not None:
+        report["test"] = evaluate(parts, loader=test_loader)
+    if parts.config.tta == "flip":
+        report["eval_tta"] = evaluate(parts, tta=True)
+        if test_loader is not None:
+            report["test_tta"] = evaluate(parts, loader=test_loader, tta=True)
+    return report
+
+
+def eval_columns(metrics: dict, prefix: str = "eval") -> dict:
+    """An evaluation's columns of a metrics.json history row (eval_acc, eval_loss, eval_count kept as before)."""
+    return {f"{prefix}_loss": metrics["loss"], f"{prefix}_acc": metrics["accuracy"],
+            f"{prefix}_count": metrics["count"], f"{prefix}_top5": metrics["top5"],
+            f"{prefix}_macro_f1": metrics["macro_f1"], f"{prefix}_balanced_accuracy": metrics["balanced_accuracy"],
+            f"{prefix}_per_class": metrics["per_class"]}

@@ -1,0 +1,43 @@
+"""The training epoch's bookkeeping, run for real on a tiny model and loader under Accelerate."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+from torch.utils.data import DataLoader
+
+from hf_finetune.train.engine import ResumePoint, train_one_epoch
+from hf_finetune.train.guard import StopGuard
+from hf_finetune.data.loaders import create_normalize
+from hf_finetune.tasks.objective import TrainingObjective
+from hf_finetune.train.rng import rng_state
+
+
+def _epoch(resume=None):
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=2)
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    samples = [{"pixel_values": image, "label": index % 2} for index, image in enumerate(images)]
+    accelerator = Accelerator(cpu=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(samples, batch_size=4))
+    # The real prepared components, carried as a run's TrainingParts carries them.
+    parts = SimpleNamespace(model=model, train_loader=loader, normalize=create_normalize(model), optimizer=optimizer,
+                            scheduler=scheduler, accelerator=accelerator, objective=TrainingObjective(2))
+    with StopGuard() as guard:
+        return train_one_epoch(parts, 1, guard, resume=resume)
+
+
+def test_an_epoch_resumed_mid_way_counts_every_image_but_rates_only_those_it_trained():
+    full = _epoch()
+    assert full.count == 24 and full.examples_per_sec * full.seconds == pytest.approx(24)
+    resumed = _epoch(ResumePoint(step=4, sums=[3.0, 10.0, 16.0], rng_state=rng_state()))
+    # Metrics cover the whole epoch: the 16 images of the 4 batches before the interruption, and the 8 after.
+    assert resumed.count == 24 and 10 / 24 <= resumed.accuracy <= 18 / 24
+    assert resumed.examples_per_sec * resumed.seconds == pytest.approx(8)
