@@ -47,7 +47,7 @@ class TrainingParts:
     reused_rows: list = field(default_factory=list)  # head rows copied from the source classifier
     warmup_frozen: set = field(default_factory=set)  # backbone parameters frozen during the head warm-up
     ema: object = None  # timm ModelEmaV3 with --model-ema (ema.py)
-    test_loader: object = None  # the test split's, when the data has one beside its eval split (data.py)
+    test_loader: object = None  # the test split's, when the data has one beside its eval split (data/sources.py)
     objective: TrainingObjective = None  # the step's input mixing and loss (objective.py)
 
 
