@@ -28,7 +28,7 @@ def _epoch(resume=None):
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(samples, batch_size=4))
     # The real prepared components, carried as a run's TrainingParts carries them.
-    parts = SimpleNamespace(model=model, train_loader=loader, normalize=create_normalize(model), optimizer=optimizer,
+    parts = SimpleNamespace(model=model, ema=None, train_loader=loader, normalize=create_normalize(model), optimizer=optimizer,
                             scheduler=scheduler, accelerator=accelerator, objective=TrainingObjective(2))
     with StopGuard() as guard:
         return train_one_epoch(parts, 1, guard, resume=resume)
