@@ -148,11 +148,11 @@ def load_hub_dataset(config: FinetuneConfig) -> ImageData:
     if test_name:
         splits["test"] = loaded[test_name]
     splits = {key: _canonical_columns(split, config) for key, split in splits.items()}
-    train = _class_encoded(splits["train"])
-    label_names = train.features["label"].names
-    names = {"eval": eval_name, "test": test_name}
-    splits.update({key: _class_encoded(split, label_names, f"split {names[key]} of {config.dataset_name}")
-                   for key, split in splits.items() if key != "train"})
+    label_names = class_names(splits["train"], config.label_column or "label")
+    names = {"train": config.train_split, "eval": eval_name, "test": test_name}
+    splits = {key: _class_encoded(split, label_names, f"split {names[key]} of {config.dataset_name}")
+              for key, split in splits.items()}
+    train = splits["train"]
     evaluation = splits.get("eval")
     if evaluation is None:
         train, evaluation = _holdout(train, config)
@@ -179,22 +179,40 @@ def _canonical_columns(split, config: FinetuneConfig):
     return split
 
 
-def _class_encoded(split, label_names: Optional[list[str]] = None, what: str = ""):
-    """The split with a ClassLabel `label`. Without `label_names` (train) string labels become classes in sorted
-    order; with them (eval) they are encoded with train's classes, so an eval split lacking a class still fits."""
+def class_names(train, column: str) -> list[str]:
+    """The label names, in class-index order: a ClassLabel's own names, else the train split's distinct labels
+    sorted as what they are (integers numerically: 2 before 10, so integer labels keep their order)."""
+    import datasets
+
+    feature = train.features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        return feature.names
+    if not isinstance(feature, datasets.Value):  # List, Sequence, a nested dict: one example, several labels
+        raise UserError(f"label column {column!r} holds {type(feature).__name__} values: multi-label "
+                        "classification is not supported yet; pick a single-label column with --label-column")
+    if not feature.dtype.startswith(("int", "uint", "string", "large_string")):
+        raise UserError(f"label column {column!r} holds {feature.dtype} values, not classes: a label must be an "
+                        "integer, a string or a ClassLabel (cast the column, or pick another with --label-column)")
+    return [str(label) for label in sorted(train.unique("label"))]
+
+
+def _class_encoded(split, label_names: list[str], what: str):
+    """The split with a ClassLabel `label` of `label_names`, whatever its raw labels were. A ClassLabel split
+    must have the same names; raw labels are encoded by name (an integer through its string: an integer cast
+    straight to a ClassLabel would be taken as an index), so a split lacking a class still fits."""
     import datasets
 
     feature = split.features["label"]
     if isinstance(feature, datasets.ClassLabel):
-        if label_names is not None and feature.names != label_names:
-            raise UserError(f"{what} has labels {feature.names[:5]}..., train {label_names[:5]}...: they must be the "
-                            "same classes in the same order")
+        if feature.names != label_names:
+            raise UserError(f"{what} has labels {feature.names[:5]}..., train {label_names[:5]}...: they must be "
+                            "the same classes in the same order")
         return split
-    if label_names is None:
-        return split.class_encode_column("label")
     unknown = sorted(set(map(str, split.unique("label"))) - set(label_names))
     if unknown:
         raise UserError(f"{what} has label(s) that train does not: {', '.join(unknown[:10])}")
+    if not isinstance(feature, datasets.Value) or feature.dtype not in ("string", "large_string"):
+        split = split.cast_column("label", datasets.Value("string"))
     return split.cast_column("label", datasets.ClassLabel(names=label_names))
 
 
