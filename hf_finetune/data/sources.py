@@ -230,7 +230,7 @@ def _datasets_cache(config: FinetuneConfig) -> Optional[str]:
 
 def load_image_data(config: FinetuneConfig) -> ImageData:
     """The data the config names: --data-dir, --dataset-name, or the d2l hotdog set; with --max-train-samples /
-    --max-eval-samples, a stratified seeded subset of each split (before any image is decoded)."""
+    --max-eval-samples (eval and test), a stratified seeded subset of each split (before any image is decoded)."""
     if config.dataset_name:
         data = load_hub_dataset(config)
     elif config.data_dir:
@@ -240,4 +240,6 @@ def load_image_data(config: FinetuneConfig) -> ImageData:
         data.name = "hotdog"
     data.train = select_samples(data.train, config.max_train_samples, config.seed)
     data.eval = select_samples(data.eval, config.max_eval_samples, config.seed)
+    if data.test is not None:
+        data.test = select_samples(data.test, config.max_eval_samples, config.seed)
     return data
