@@ -51,11 +51,12 @@ def _configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
+    """The fine-tuning command; `prog` names it in --help (default: the script's file name)."""
     def run():
         from hf_finetune.config import parse_config
 
-        config = parse_config(argv)  # before anything imports torch: --help and bad flags answer at once
+        config = parse_config(argv, prog)  # before anything imports torch: --help and bad flags answer at once
         _configure_logging()
         from hf_finetune.run import finetune
 

@@ -349,12 +349,13 @@ def _load_config_file(path: str) -> dict:
     return values
 
 
-def parse_config(argv: Optional[list[str]] = None) -> FinetuneConfig:
-    """Parse flags (and an optional `--config FILE.yaml|json` whose values flags override)."""
+def parse_config(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> FinetuneConfig:
+    """Parse flags (and an optional `--config FILE.yaml|json` whose values flags override); `prog`: the command
+    that --help's usage line names (argparse's default, the script's file name, says __main__.py under -m)."""
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(FinetuneConfig, description="Fine-tune a pretrained timm image classifier.")
+    parser = HfArgumentParser(FinetuneConfig, prog=prog, description="Fine-tune a pretrained timm image classifier.")
     parser.add_argument("--config", help="YAML or JSON file with any of these options; flags override it.")
     known, _ = parser.parse_known_args(argv)
     if known.config:
