@@ -43,7 +43,7 @@ def exit_process(code: int) -> None:
         sys.exit(code)
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     # Only the main process speaks at INFO; the others report warnings and errors.
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s")
@@ -57,7 +57,7 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
         from hf_finetune.config import parse_config
 
         config = parse_config(argv, prog)  # before anything imports torch: --help and bad flags answer at once
-        _configure_logging()
+        configure_logging()
         from hf_finetune.run import finetune
 
         finetune(config)

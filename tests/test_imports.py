@@ -1,7 +1,7 @@
-"""Every third-party package the code imports is declared in pyproject.toml: what hf_finetune/ and scripts/
-import in the dependencies (or an optional extra, for the optional features), what the tests and the
-benchmarks they run import in the dependencies or the `test` extra. A package that arrives only as another
-package's dependency may vanish when that package changes."""
+"""What the code imports. Every third-party package is declared in pyproject.toml: what hf_finetune/ and
+scripts/ import in the dependencies (or an optional extra, for the optional features), what the tests and the
+benchmarks they run import in the dependencies or the `test` extra; a package that arrives only as another
+package's dependency may vanish when that package changes. No module imports another one's private names."""
 
 from __future__ import annotations
 
@@ -69,3 +69,14 @@ def test_the_package_itself_needs_no_extra():
 
 def test_the_check_sees_an_undeclared_import():
     assert "pyarrow" in imported_distributions("tests") and "pyarrow" not in _declared()
+
+
+def test_no_module_imports_another_modules_private_names():
+    """An underscore name is its module's own business: what another module needs is public (or moved)."""
+    private = []
+    for path in [*(REPO_ROOT / "hf_finetune").rglob("*.py"), *(REPO_ROOT / "scripts").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hf_finetune"):
+                private += [f"{path.relative_to(REPO_ROOT)}: {node.module}.{alias.name}" for alias in node.names
+                            if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not private
