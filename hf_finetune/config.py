@@ -212,8 +212,8 @@ class FinetuneConfig:
         "Train on at most this many images, picked stratified by class and seeded with --seed (the HF example "
         "scripts' option), e.g. to try a huge folder in a minute; only those are decoded and cached.",
         default=None)
-    max_eval_samples: Optional[int] = _doc("Evaluate on at most this many images, chosen as --max-train-samples.",
-                                           default=None)
+    max_eval_samples: Optional[int] = _doc("Evaluate (and test) on at most this many images per split, chosen as "
+                                           "--max-train-samples.", default=None)
     gradient_accumulation_steps: int = _doc("Micro-batches accumulated per optimizer update.", default=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _doc(
         "Autocast precision; weights and the saved model stay fp32. 'auto': bf16 on a GPU that supports it and on "
