@@ -15,6 +15,7 @@ from typing import Optional
 
 from hf_finetune.config import EVAL_SPLIT_NAMES, FinetuneConfig
 from hf_finetune.data.download import default_cache_dir, hotdog_dir
+from hf_finetune.data.labels import class_encoded, class_names
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.subsets import select_samples
 
@@ -150,7 +151,7 @@ def load_hub_dataset(config: FinetuneConfig) -> ImageData:
     splits = {key: _canonical_columns(split, config) for key, split in splits.items()}
     label_names = class_names(splits["train"], config.label_column or "label")
     names = {"train": config.train_split, "eval": eval_name, "test": test_name}
-    splits = {key: _class_encoded(split, label_names, f"split {names[key]} of {config.dataset_name}")
+    splits = {key: class_encoded(split, label_names, f"split {names[key]} of {config.dataset_name}")
               for key, split in splits.items()}
     train = splits["train"]
     evaluation = splits.get("eval")
@@ -177,43 +178,6 @@ def _canonical_columns(split, config: FinetuneConfig):
     if not isinstance(split.features["image"], datasets.Image):
         split = split.cast_column("image", datasets.Image())
     return split
-
-
-def class_names(train, column: str) -> list[str]:
-    """The label names, in class-index order: a ClassLabel's own names, else the train split's distinct labels
-    sorted as what they are (integers numerically: 2 before 10, so integer labels keep their order)."""
-    import datasets
-
-    feature = train.features["label"]
-    if isinstance(feature, datasets.ClassLabel):
-        return feature.names
-    if not isinstance(feature, datasets.Value):  # List, Sequence, a nested dict: one example, several labels
-        raise UserError(f"label column {column!r} holds {type(feature).__name__} values: multi-label "
-                        "classification is not supported yet; pick a single-label column with --label-column")
-    if not feature.dtype.startswith(("int", "uint", "string", "large_string")):
-        raise UserError(f"label column {column!r} holds {feature.dtype} values, not classes: a label must be an "
-                        "integer, a string or a ClassLabel (cast the column, or pick another with --label-column)")
-    return [str(label) for label in sorted(train.unique("label"))]
-
-
-def _class_encoded(split, label_names: list[str], what: str):
-    """The split with a ClassLabel `label` of `label_names`, whatever its raw labels were. A ClassLabel split
-    must have the same names; raw labels are encoded by name (an integer through its string: an integer cast
-    straight to a ClassLabel would be taken as an index), so a split lacking a class still fits."""
-    import datasets
-
-    feature = split.features["label"]
-    if isinstance(feature, datasets.ClassLabel):
-        if feature.names != label_names:
-            raise UserError(f"{what} has labels {feature.names[:5]}..., train {label_names[:5]}...: they must be "
-                            "the same classes in the same order")
-        return split
-    unknown = sorted(set(map(str, split.unique("label"))) - set(label_names))
-    if unknown:
-        raise UserError(f"{what} has label(s) that train does not: {', '.join(unknown[:10])}")
-    if not isinstance(feature, datasets.Value) or feature.dtype not in ("string", "large_string"):
-        split = split.cast_column("label", datasets.Value("string"))
-    return split.cast_column("label", datasets.ClassLabel(names=label_names))
 
 
 def _holdout(train, config: FinetuneConfig):
