@@ -2,4 +2,4 @@
 
 from hf_finetune.cli import main
 
-main()
+main(prog="python -m hf_finetune")

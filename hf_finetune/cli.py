@@ -43,7 +43,7 @@ def exit_process(code: int) -> None:
         sys.exit(code)
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     # Only the main process speaks at INFO; the others report warnings and errors.
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s")
@@ -51,12 +51,13 @@ def _configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
+    """The fine-tuning command; `prog` names it in --help (default: the script's file name)."""
     def run():
         from hf_finetune.config import parse_config
 
-        config = parse_config(argv)  # before anything imports torch: --help and bad flags answer at once
-        _configure_logging()
+        config = parse_config(argv, prog)  # before anything imports torch: --help and bad flags answer at once
+        configure_logging()
         from hf_finetune.run import finetune
 
         finetune(config)

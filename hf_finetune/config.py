@@ -212,8 +212,8 @@ class FinetuneConfig:
         "Train on at most this many images, picked stratified by class and seeded with --seed (the HF example "
         "scripts' option), e.g. to try a huge folder in a minute; only those are decoded and cached.",
         default=None)
-    max_eval_samples: Optional[int] = _doc("Evaluate on at most this many images, chosen as --max-train-samples.",
-                                           default=None)
+    max_eval_samples: Optional[int] = _doc("Evaluate (and test) on at most this many images per split, chosen as "
+                                           "--max-train-samples.", default=None)
     gradient_accumulation_steps: int = _doc("Micro-batches accumulated per optimizer update.", default=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _doc(
         "Autocast precision; weights and the saved model stay fp32. 'auto': bf16 on a GPU that supports it and on "
@@ -349,12 +349,13 @@ def _load_config_file(path: str) -> dict:
     return values
 
 
-def parse_config(argv: Optional[list[str]] = None) -> FinetuneConfig:
-    """Parse flags (and an optional `--config FILE.yaml|json` whose values flags override)."""
+def parse_config(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> FinetuneConfig:
+    """Parse flags (and an optional `--config FILE.yaml|json` whose values flags override); `prog`: the command
+    that --help's usage line names (argparse's default, the script's file name, says __main__.py under -m)."""
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(FinetuneConfig, description="Fine-tune a pretrained timm image classifier.")
+    parser = HfArgumentParser(FinetuneConfig, prog=prog, description="Fine-tune a pretrained timm image classifier.")
     parser.add_argument("--config", help="YAML or JSON file with any of these options; flags override it.")
     known, _ = parser.parse_known_args(argv)
     if known.config:

@@ -12,7 +12,7 @@ from hf_finetune.cli import run_cli
 
 
 def main() -> None:
-    from hf_finetune.cli import _configure_logging
+    from hf_finetune.cli import configure_logging
     from hf_finetune.config import parse_config
     from hf_finetune.train.lr_find import find_lr, plot_range_test
 
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--end-lr", type=float, default=1.0)
     args = parser.parse_args(argv[:split])
     config = parse_config(argv[split + 1:])
-    _configure_logging()
+    configure_logging()
     test = find_lr(config, args.steps, args.start_lr, args.end_lr)
     path = plot_range_test(test, args.plot)
     print(f"swept {len(test.lrs)} steps from lr {test.lrs[0]:.2g} to {test.lrs[-1]:.2g}; plot: {path}")

@@ -81,6 +81,15 @@ def _prepare_split(dataset, split: str, settings: Optional[ImageSettings], root,
     return kept.select([index for index in range(len(dataset)) if index not in bad]), found
 
 
+def data_fingerprint(dataset) -> str:
+    """A split's identity for the resume check: its files (paths and modification times, through the datasets
+    cache they were loaded into), labels and selected rows. datasets keeps its own fingerprint private
+    (`Dataset._fingerprint`); its public `Hasher` hashes the dataset's whole state, that fingerprint included."""
+    from datasets.fingerprint import Hasher
+
+    return Hasher.hash(dataset)
+
+
 def decode_split(dataset, settings: Optional[ImageSettings], split: str = "train"):
     """The map pass: per row a `bad_reason` (None when the image is fine) and, given settings, the decoded
     image as `pixels` (HWC uint8 bytes) with its `height` and `width`."""

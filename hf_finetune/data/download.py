@@ -15,6 +15,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from filelock import FileLock
+
 from hf_finetune.errors import UserError
 
 D2L_DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
@@ -37,7 +39,8 @@ def sha1_of(path: Path) -> str:
 
 
 def download_file(url: str, dest: Path, sha1: str) -> Path:
-    """Fetch `url` to `dest` unless a file with the right SHA-1 is already there."""
+    """Fetch `url` to `dest` unless a file with the right SHA-1 is already there. Not safe for processes that
+    share `dest` at once: download_and_extract calls it under a file lock."""
     if dest.is_file() and sha1_of(dest) == sha1:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -62,20 +65,29 @@ def download_file(url: str, dest: Path, sha1: str) -> Path:
 
 
 def download_and_extract(url: str, sha1: str, cache_dir: Path) -> Path:
-    """Return the folder the verified zip extracts to, extracting it only the first time."""
-    archive = download_file(url, cache_dir / Path(url).name, sha1)
-    target = cache_dir / f"{archive.stem}-{sha1[:8]}"
-    if target.is_dir():
+    """Return the folder the verified zip extracts to, downloading and extracting it only the first time.
+    Processes that share the cache (nodes on one disk, ranks on one machine) take turns under a file lock:
+    the first downloads and extracts, the others wait and find the folder done."""
+    name = Path(url).name
+    target = cache_dir / f"{Path(name).stem}-{sha1[:8]}"
+    if target.is_dir():  # renamed into place only once extracted from a verified archive
         return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(cache_dir / f"{target.name}.lock"):
+        if not target.is_dir():
+            _extract(download_file(url, cache_dir / name, sha1), target)
+    return target
+
+
+def _extract(archive: Path, target: Path) -> None:
     # Extract beside the target and rename, so an interrupted extraction is never mistaken for a done one.
-    staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".extract-"))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
     try:
         with zipfile.ZipFile(archive) as zipped:
             zipped.extractall(staging)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def hotdog_dir(cache_dir: Path) -> Path:

@@ -15,6 +15,7 @@ from typing import Optional
 
 from hf_finetune.config import EVAL_SPLIT_NAMES, FinetuneConfig
 from hf_finetune.data.download import default_cache_dir, hotdog_dir
+from hf_finetune.data.labels import class_encoded, class_names
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.subsets import select_samples
 
@@ -148,11 +149,11 @@ def load_hub_dataset(config: FinetuneConfig) -> ImageData:
     if test_name:
         splits["test"] = loaded[test_name]
     splits = {key: _canonical_columns(split, config) for key, split in splits.items()}
-    train = _class_encoded(splits["train"])
-    label_names = train.features["label"].names
-    names = {"eval": eval_name, "test": test_name}
-    splits.update({key: _class_encoded(split, label_names, f"split {names[key]} of {config.dataset_name}")
-                   for key, split in splits.items() if key != "train"})
+    label_names = class_names(splits["train"], config.label_column or "label")
+    names = {"train": config.train_split, "eval": eval_name, "test": test_name}
+    splits = {key: class_encoded(split, label_names, f"split {names[key]} of {config.dataset_name}")
+              for key, split in splits.items()}
+    train = splits["train"]
     evaluation = splits.get("eval")
     if evaluation is None:
         train, evaluation = _holdout(train, config)
@@ -179,25 +180,6 @@ def _canonical_columns(split, config: FinetuneConfig):
     return split
 
 
-def _class_encoded(split, label_names: Optional[list[str]] = None, what: str = ""):
-    """The split with a ClassLabel `label`. Without `label_names` (train) string labels become classes in sorted
-    order; with them (eval) they are encoded with train's classes, so an eval split lacking a class still fits."""
-    import datasets
-
-    feature = split.features["label"]
-    if isinstance(feature, datasets.ClassLabel):
-        if label_names is not None and feature.names != label_names:
-            raise UserError(f"{what} has labels {feature.names[:5]}..., train {label_names[:5]}...: they must be the "
-                            "same classes in the same order")
-        return split
-    if label_names is None:
-        return split.class_encode_column("label")
-    unknown = sorted(set(map(str, split.unique("label"))) - set(label_names))
-    if unknown:
-        raise UserError(f"{what} has label(s) that train does not: {', '.join(unknown[:10])}")
-    return split.cast_column("label", datasets.ClassLabel(names=label_names))
-
-
 def _holdout(train, config: FinetuneConfig):
     counts = Counter(train["label"])
     if min(counts.values(), default=0) < 2:
@@ -212,7 +194,7 @@ def _datasets_cache(config: FinetuneConfig) -> Optional[str]:
 
 def load_image_data(config: FinetuneConfig) -> ImageData:
     """The data the config names: --data-dir, --dataset-name, or the d2l hotdog set; with --max-train-samples /
-    --max-eval-samples, a stratified seeded subset of each split (before any image is decoded)."""
+    --max-eval-samples (eval and test), a stratified seeded subset of each split (before any image is decoded)."""
     if config.dataset_name:
         data = load_hub_dataset(config)
     elif config.data_dir:
@@ -222,4 +204,6 @@ def load_image_data(config: FinetuneConfig) -> ImageData:
         data.name = "hotdog"
     data.train = select_samples(data.train, config.max_train_samples, config.seed)
     data.eval = select_samples(data.eval, config.max_eval_samples, config.seed)
+    if data.test is not None:
+        data.test = select_samples(data.test, config.max_eval_samples, config.seed)
     return data

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from hf_finetune.serve.batch_predict import Failure, TorchRunner, _crop_or_failure, _is_image_name
+from hf_finetune.serve.batch_predict import Failure, TorchRunner, crop_or_failure, is_image_name
 from hf_finetune.config import EVAL_SPLIT_NAMES
 from hf_finetune.errors import UserError
 from hf_finetune.hardware import available_cpus, one_thread
@@ -41,7 +41,7 @@ def find_labelled_images(data: Path, label_names: list[str]) -> tuple[str, list[
         raise UserError(f"{data}: class folder(s) {', '.join(unknown)} are not labels of the model "
                         f"({', '.join(label_names)}); remove them or evaluate a model trained on them")
     images = [(str(path), label_names.index(folder.name)) for folder in folders
-              for path in sorted(folder.rglob("*")) if path.is_file() and _is_image_name(path)]
+              for path in sorted(folder.rglob("*")) if path.is_file() and is_image_name(path)]
     if not images:
         raise UserError(f"{data}: no images in class folders")
     return data.name, images
@@ -62,7 +62,7 @@ def evaluate_folder(classifier: Classifier, data: Path, tta: bool = False, batch
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             with one_thread():  # per-image work on one thread each, as in the eval loader
-                crops = list(pool.map(lambda item: _crop_or_failure(runner.transform, item[0]), chunk))
+                crops = list(pool.map(lambda item: crop_or_failure(runner.transform, item[0]), chunk))
             unreadable += [{"path": crop.path, "reason": crop.reason} for crop in crops if isinstance(crop, Failure)]
             good = [(item, crop) for item, crop in zip(chunk, crops) if not isinstance(crop, Failure)]
             if not good:

@@ -83,9 +83,13 @@ def set_requires_grad(model: nn.Module, names: set[str], requires_grad: bool) ->
             param.requires_grad_(requires_grad)
 
 
+# Every BatchNorm torch has (timm's BatchNormAct2d subclasses BatchNorm2d); GroupNorm/LayerNorm keep no statistics.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def frozen_batchnorms(model: nn.Module, all_of_them: bool = False) -> list[nn.Module]:
     """BatchNorm layers to keep in eval mode: those whose parameters are all frozen, or every one."""
-    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    norms = [module for module in model.modules() if isinstance(module, BATCH_NORMS)]
     if all_of_them:
         return norms
     return [norm for norm in norms if not any(param.requires_grad for param in norm.parameters())]

@@ -68,11 +68,11 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[Failure]]:
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            matches = sorted(str(p) for p in path.rglob("*") if p.is_file() and _is_image_name(p))
+            matches = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_name(p))
         elif path.exists():
             matches = [given]  # named explicitly: tried whatever its extension
         else:
-            matches = sorted(p for p in glob.glob(given, recursive=True) if Path(p).is_file() and _is_image_name(p))
+            matches = sorted(p for p in glob.glob(given, recursive=True) if Path(p).is_file() and is_image_name(p))
         if not matches:
             missing.append(Failure(given, "no such file, or no images in that folder or pattern"))
         for match in matches:
@@ -82,7 +82,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[Failure]]:
     return found, missing
 
 
-def _is_image_name(path) -> bool:
+def is_image_name(path) -> bool:
     name = Path(path).name
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
@@ -98,7 +98,7 @@ def predict_files(runner, paths: Sequence[str], batch_size: int = 32, top_k: int
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             with one_thread():  # per-image work on one thread each, as in the eval loader
-                crops = list(pool.map(lambda path: _crop_or_failure(runner.transform, path), chunk))
+                crops = list(pool.map(lambda path: crop_or_failure(runner.transform, path), chunk))
             good = [(path, crop) for path, crop in zip(chunk, crops) if not isinstance(crop, Failure)]
             tops = iter(_classify(runner, [crop for _, crop in good], top_k, tta) if good else [])
             for path, crop in zip(chunk, crops):
@@ -107,7 +107,7 @@ def predict_files(runner, paths: Sequence[str], batch_size: int = 32, top_k: int
     bar.close()
 
 
-def _crop_or_failure(transform: EvalPreprocess, path: str):
+def crop_or_failure(transform: EvalPreprocess, path: str):
     try:
         return transform.crop(path)
     except BadImageError as error:

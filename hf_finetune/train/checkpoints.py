@@ -86,7 +86,7 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
     for path in [*folder.iterdir(), folder]:
         descriptor = os.open(path, os.O_RDONLY)
         try:
@@ -131,18 +131,18 @@ def _write_checkpoint(parts: TrainingParts, progress: TrainingProgress, rng_stat
         torch.save(parts.accelerator.scaler.state_dict(), staging / "scaler.pt")
     (staging / "identity.json").write_text(json.dumps(parts.identity, indent=2))
     (staging / "progress.json").write_text(json.dumps(progress.state_dict(), indent=2))
-    _fsync_tree(staging)
-    _remove(final)
+    fsync_tree(staging)
+    remove_checkpoint(final)
     os.replace(staging, final)
-    _fsync_tree(final.parent)
+    fsync_tree(final.parent)
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        _remove(old)
+        remove_checkpoint(old)
     for leftover in final.parent.glob(".deleting-*"):  # of a run killed while it removed one
         shutil.rmtree(leftover, ignore_errors=True)
     return final
 
 
-def _remove(checkpoint: Path) -> None:
+def remove_checkpoint(checkpoint: Path) -> None:
     """Delete a checkpoint folder so that a kill at any moment leaves it whole or gone: first a rename out of
     the names `list_checkpoints` knows (atomic), then the slow recursive delete."""
     if checkpoint.exists():

@@ -12,7 +12,7 @@ from functools import partial
 
 import torch
 
-from hf_finetune.data.cache import prepare_images
+from hf_finetune.data.cache import data_fingerprint, prepare_images
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.data.sources import ImageData, load_image_data
 from hf_finetune.model.ema import create_ema
@@ -100,7 +100,7 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
     resolve_for_data(config, len(data.train), accelerator.num_processes)  # the recipe's batch size
     batch_per_device = per_device_batch_size(config, accelerator.num_processes)
     model, source, reused_rows = _create_model(config, data.label_names)
-    fingerprints = data.train._fingerprint, data.eval._fingerprint  # of the files, cached or not
+    fingerprints = data_fingerprint(data.train), data_fingerprint(data.eval)  # of the files, cached or not
     # The decode-once cache, likewise per machine; the main process alone reports bad files.
     data = node_main_first(accelerator, partial(prepare_images, data, model, config.cache, config.max_bad_fraction,
                                                 report=accelerator.is_main_process))

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from hf_finetune.train.checkpoints import TrainingProgress, _fsync_tree, _remove, checkpoints_dir
+from hf_finetune.train.checkpoints import TrainingProgress, checkpoints_dir, fsync_tree, remove_checkpoint
 from hf_finetune.config import SELECT_METRICS
 from hf_finetune.model.ema import ema_state
 from hf_finetune.train.engine import evaluate
@@ -99,10 +99,10 @@ def save_best(parts: TrainingParts, progress: TrainingProgress) -> None:
     state = ema_state(parts.ema) if progress.best["weights"] == "ema" else {
         key: value.detach().cpu().contiguous() for key, value in unwrap(parts.model).state_dict().items()}
     save_file(state, staging / "model.safetensors")
-    _fsync_tree(staging)
-    _remove(final)  # a leftover of an interrupted run that redoes this epoch: no checkpoint names it
+    fsync_tree(staging)
+    remove_checkpoint(final)  # a leftover of an interrupted run that redoes this epoch: no checkpoint names it
     os.replace(staging, final)
-    _fsync_tree(final.parent)
+    fsync_tree(final.parent)
 
 
 def prune_best(parts: TrainingParts, progress: TrainingProgress) -> None:
@@ -113,7 +113,7 @@ def prune_best(parts: TrainingParts, progress: TrainingProgress) -> None:
     keep = best_dir(folder.parent, progress.best["epoch"]).name
     for path in folder.glob(BEST_PREFIX + "*"):
         if path.name != keep:
-            _remove(path)
+            remove_checkpoint(path)
 
 
 def load_selected(parts: TrainingParts, progress: TrainingProgress) -> dict:

@@ -198,3 +198,52 @@ def test_validation_selects_and_test_is_held_out_in_folders_and_hub_datasets(tmp
     data = load_image_data(FinetuneConfig(dataset_name="tester/insects3", cache_dir=str(tmp_path / "cache")))
     assert (data.eval_split, len(data.eval), data.test_split, len(data.test)) == ("validation", 4, "test", 2)
     assert data.test.features["label"].names == ["ant", "bee"]
+
+
+class _SlowCountingHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files in small, slow chunks (so concurrent downloads overlap) and counts the GETs."""
+
+    gets = 0
+
+    def do_GET(self):
+        type(self).gets += 1
+        path = Path(self.translate_path(self.path))
+        payload = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        for start in range(0, len(payload), len(payload) // 20 + 1):
+            self.wfile.write(payload[start:start + len(payload) // 20 + 1])
+            self.wfile.flush()
+            time.sleep(0.05)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_processes_sharing_a_cache_download_and_extract_once(tmp_path):
+    import subprocess
+    import sys
+
+    served = tmp_path / "served"
+    served.mkdir()
+    sha1 = _zip_of(make_image_folder(tmp_path / "src" / "hotdog", per_class=(20, 10)), served / "hotdog.zip")
+    handler = type("Handler", (_SlowCountingHandler,), {"gets": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hotdog.zip"
+    cache = tmp_path / "shared_cache"  # one disk, two nodes
+    code = ("import sys; from pathlib import Path; from hf_finetune.data.download import download_and_extract; "
+            "print(download_and_extract(sys.argv[1], sys.argv[2], Path(sys.argv[3])))")
+    try:
+        nodes = [subprocess.Popen([sys.executable, "-c", code, url, sha1, str(cache)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(node.wait(timeout=120), *node.communicate()) for node in nodes]
+    finally:
+        server.shutdown()
+    assert [code for code, _, _ in results] == [0, 0], results
+    assert {out.strip() for _, out, _ in results} == {str(cache / f"hotdog-{sha1[:8]}")}
+    assert handler.gets == 1
+    assert hashlib.sha1((cache / "hotdog.zip").read_bytes()).hexdigest() == sha1
+    assert sorted(p.name for p in (cache / f"hotdog-{sha1[:8]}" / "hotdog" / "train").iterdir()) == ["cat", "dog"]
+    assert not list(cache.glob("*.partial")) and not list(cache.glob(".extract-*"))

@@ -47,3 +47,11 @@ def _paths(split) -> list[str]:
     import datasets
 
     return [image["path"] for image in split.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def test_max_eval_samples_limits_the_test_split_too(tmp_path):
+    folder = make_image_folder(tmp_path / "photos", per_class=(6, 5, 7), splits=("train", "validation", "test"))
+    data = load_image_data(FinetuneConfig(data_dir=str(folder), cache_dir=str(tmp_path / "cache"),
+                                          max_eval_samples=4, seed=3))
+    assert (data.eval_split, data.test_split) == ("validation", "test")
+    assert Counter(data.eval["label"]) == {0: 2, 1: 2} and Counter(data.test["label"]) == {0: 2, 1: 2}

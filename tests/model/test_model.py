@@ -128,3 +128,16 @@ def test_pretrained_download_through_the_local_hub_by_plain_timm_name(hub):
     local = timm.create_model(f"local-dir:{LITE0_WEIGHTS}", pretrained=True)
     assert torch.equal(model.conv_stem.weight, local.conv_stem.weight)
     assert torch.equal(source.classifier_state["classifier.weight"], local.classifier.weight)
+
+
+def test_every_kind_of_batchnorm_is_found_and_nothing_else():
+    from timm.layers import BatchNormAct2d
+
+    from hf_finetune.model.freezing import frozen_batchnorms
+
+    norms = [torch.nn.BatchNorm1d(3), torch.nn.BatchNorm2d(3), torch.nn.BatchNorm3d(3), torch.nn.SyncBatchNorm(3),
+             BatchNormAct2d(3)]
+    model = torch.nn.Sequential(*norms, torch.nn.GroupNorm(1, 3), torch.nn.LayerNorm(3), torch.nn.Conv2d(3, 3, 1))
+    assert frozen_batchnorms(model, all_of_them=True) == norms
+    norms[1].requires_grad_(False)
+    assert frozen_batchnorms(model) == [norms[1]]
