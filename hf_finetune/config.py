@@ -66,8 +66,32 @@ class FinetuneConfig:
         "seeded with --seed.",
         default=0.1,
     )
-    image_column: Optional[str] = _doc("Image column of a Hub dataset; default 'image' or 'img'.", default=None)
-    label_column: Optional[str] = _doc("Label column of a Hub dataset; default 'label' or 'labels'.", default=None)
+    train_file: Optional[str] = _doc(
+        "Manifest of the training images, CSV or JSONL: an image path column (relative to the manifest's folder) "
+        "and a label column of one label or several (see --label-delimiter). A --data-dir holding train.csv (or "
+        ".jsonl) beside val.csv / test.csv is read the same way.",
+        default=None,
+    )
+    eval_file: Optional[str] = _doc("Manifest of the eval split (needs --train-file); none: --val-fraction of "
+                                    "train is held out.", default=None)
+    test_file: Optional[str] = _doc("Manifest of a test split that scores the selected model once (needs "
+                                    "--eval-file, which selects it).", default=None)
+    label_delimiter: Optional[str] = _doc(
+        "What separates several labels: in a manifest's label cell (default: a space in CSV; JSONL takes a JSON "
+        "list), or in a --data-dir class folder's name ('_': red_dress/ gives its images the labels red and dress).",
+        default=None,
+    )
+    task: Literal["auto", "single-label", "multi-label"] = _doc(
+        "'auto': multi-label when any training image has no label or several, else single-label (the start-up "
+        "line says which and why); or force one.",
+        default="auto",
+    )
+    image_column: Optional[str] = _doc("Image column of a Hub dataset (default 'image' or 'img') or a manifest "
+                                       "(default image, image_path, path, file_name, filename, file or img).",
+                                       default=None)
+    label_column: Optional[str] = _doc("Label column of a Hub dataset (default 'label' or 'labels'), or a manifest "
+                                       "(default label, labels, tags or target); a Hub column of lists (a "
+                                       "Sequence of ClassLabel or of strings) is multi-label.", default=None)
     cache_dir: Optional[str] = _doc(
         "Where downloads (hotdog.zip) and the datasets cache go; default ~/.cache/hf_finetune "
         "(or $HF_FINETUNE_CACHE).",
@@ -289,8 +313,9 @@ class FinetuneConfig:
     def validate(self) -> "FinetuneConfig":
         """Refuse bad values with a one-line UserError; fill unset options from the recipe. The batch size and
         warm-up steps depend on the data: recipes.resolve_for_data fills them once it is loaded."""
-        if self.data_dir and self.dataset_name:
-            raise UserError("give either --data-dir or --dataset-name, not both")
+        if sum(map(bool, (self.data_dir, self.dataset_name, self.train_file))) > 1:
+            raise UserError("give one of --data-dir, --dataset-name and --train-file")
+        self._validate_manifests()
         apply_recipe(self)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
                     "gradient_accumulation_steps": self.gradient_accumulation_steps,
@@ -325,6 +350,20 @@ class FinetuneConfig:
         if self.min_delta < 0 or not 0 < self.ema_decay < 1:
             raise UserError("--min-delta cannot be negative and --ema-decay must be between 0 and 1")
         return self
+
+    def _validate_manifests(self) -> None:
+        if self.eval_file and not self.train_file:
+            raise UserError("--eval-file needs --train-file")
+        if self.test_file and not self.eval_file:
+            raise UserError("--test-file needs --eval-file (the eval split selects the epoch, the test split scores it)")
+        for option, file in (("train-file", self.train_file), ("eval-file", self.eval_file),
+                             ("test-file", self.test_file)):
+            if file and not Path(file).expanduser().is_file():
+                raise UserError(f"--{option} {file}: no such file")
+            if file and Path(file).suffix not in (".csv", ".jsonl", ".json"):
+                raise UserError(f"--{option} {file}: a manifest is a .csv or .jsonl file")
+        if self.label_delimiter == "":
+            raise UserError("--label-delimiter cannot be empty; e.g. ' ', ',', '|' or '_'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

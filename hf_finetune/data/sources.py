@@ -1,8 +1,10 @@
 """Resolve the data source into a train and an eval `datasets.Dataset` plus the label names.
 
-Every source ends as columns `image` (datasets Image) and `label` (ClassLabel): the hotdog
-archive and local folders through the `imagefolder` builder, Hub datasets through `load_dataset`.
-The ClassLabel order (sorted folder names for folders) is the label order saved with the model.
+Every source ends as columns `image` (datasets Image) and `label`: the hotdog archive and local folders
+through the `imagefolder` builder, Hub datasets through `load_dataset`, manifests (CSV/JSONL) through its
+csv/json builders (manifest.py). `label` is a ClassLabel for a single-label task, a Sequence(ClassLabel) of
+class indices per row for a multi-label one (label_sets.py chooses). The ClassLabel order (sorted folder names
+for folders) is the label order saved with the model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Optional
 
 from hf_finetune.config import EVAL_SPLIT_NAMES, FinetuneConfig
 from hf_finetune.data.download import default_cache_dir, hotdog_dir
-from hf_finetune.data.labels import class_encoded, class_names
+from hf_finetune.data.label_sets import MULTI_LABEL, SINGLE_LABEL, encode_label_sets
+from hf_finetune.data.labels import class_encoded, class_names, is_label_list, label_set_rows
+from hf_finetune.data.manifest import load_manifest, manifest_files, warn_shared_images
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.subsets import select_samples
 
@@ -39,6 +43,8 @@ class ImageData:
     # A held-out test split beside the eval split (which selects the epoch): scored once, for the selected model.
     test: Optional["datasets.Dataset"] = None  # noqa: F821
     test_split: Optional[str] = None
+    task: str = SINGLE_LABEL  # or MULTI_LABEL: `label` is then a list of class indices per row
+    task_reason: str = "one class folder or label per image"  # the start-up line: "task: <task> (<reason>)"
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -149,8 +155,13 @@ def load_hub_dataset(config: FinetuneConfig) -> ImageData:
     if test_name:
         splits["test"] = loaded[test_name]
     splits = {key: _canonical_columns(split, config) for key, split in splits.items()}
-    label_names = class_names(splits["train"], config.label_column or "label")
     names = {"train": config.train_split, "eval": eval_name, "test": test_name}
+    if is_label_list(splits["train"].features["label"]) or config.task == MULTI_LABEL:
+        feature = splits["train"].features["label"]
+        rows = {key: label_set_rows(split) for key, split in splits.items()}
+        given = getattr(getattr(feature, "feature", feature), "names", None)  # a (Sequence of) ClassLabel's names
+        return _label_set_data(rows, names, config, config.dataset_name, None, given)
+    label_names = class_names(splits["train"], config.label_column or "label")
     splits = {key: class_encoded(split, label_names, f"split {names[key]} of {config.dataset_name}")
               for key, split in splits.items()}
     train = splits["train"]
@@ -180,7 +191,56 @@ def _canonical_columns(split, config: FinetuneConfig):
     return split
 
 
+def load_label_combination_folder(root: Path, config: FinetuneConfig) -> ImageData:
+    """Class folders named by label combination (`red_dress/`): with --label-delimiter each folder gives its
+    images every label in its name; without one (--task multi-label), its one name. Evaluated splits may hold
+    combinations train does not, as long as each of their labels is in train."""
+    import datasets
+
+    train_dir, eval_dir = find_splits(root, config.train_split, config.eval_split)
+    test_name = test_split_name([p.name for p in _visible_dirs(root)], eval_dir.name if eval_dir else None)
+    dirs = {"train": train_dir, "eval": eval_dir, "test": root / test_name if test_name else None}
+    data_files = {"train": [str(train_dir / name / "**") for name in find_classes(train_dir)]}
+    for key in ("eval", "test"):
+        if dirs[key] is not None:
+            data_files[key] = [str(path / "**") for path in _visible_dirs(dirs[key]) if _has_images(path)]
+    loaded = datasets.load_dataset("imagefolder", data_files=data_files, drop_labels=False, drop_metadata=True,
+                                   cache_dir=_datasets_cache(config))
+    rows = {key: label_set_rows(split, config.label_delimiter) for key, split in loaded.items()}
+    names = {"train": train_dir.name, "eval": eval_dir.name if eval_dir else None, "test": test_name}
+    return _label_set_data(rows, names, config, root.name, root)
+
+
+def load_manifest_data(files: dict[str, Path], split_names: dict[str, str], config: FinetuneConfig,
+                       name: str) -> ImageData:
+    """The splits of manifests (CSV/JSONL), their labels encoded for the task they show (label_sets.py)."""
+    import datasets
+
+    splits = {key: load_manifest(path, config.image_column, config.label_column, config.label_delimiter,
+                                 _datasets_cache(config)) for key, path in files.items()}
+    warn_shared_images(splits, split_names)
+    splits = {key: split.cast_column("image", datasets.Image()) for key, split in splits.items()}
+    return _label_set_data(splits, split_names, config, name, files["train"].parent)
+
+
+def _label_set_data(splits: dict, split_names: dict, config: FinetuneConfig, name: str, root: Optional[Path],
+                    label_names: Optional[list[str]] = None) -> ImageData:
+    """ImageData of splits whose `label` is a list of names per row: the task chosen, the pre-flight run."""
+    encoded = encode_label_sets(splits, split_names, config.task, label_names)
+    train, evaluation = encoded.splits["train"], encoded.splits.get("eval")
+    if evaluation is None:
+        train, evaluation = _holdout(train, config)
+    return ImageData(train, evaluation, encoded.label_names, name=name, eval_split=split_names.get("eval") or "holdout",
+                     root=root, test=encoded.splits.get("test"), test_split=split_names.get("test"),
+                     task=encoded.task, task_reason=encoded.task_reason)
+
+
 def _holdout(train, config: FinetuneConfig):
+    import datasets
+
+    if not isinstance(train.features["label"], datasets.ClassLabel):  # multi-label: a seeded random holdout
+        parts = train.train_test_split(test_size=config.val_fraction, seed=config.seed)
+        return parts["train"], parts["test"]
     counts = Counter(train["label"])
     if min(counts.values(), default=0) < 2:
         raise UserError("no eval split, and too few images per class to hold some out: add a val/ folder")
@@ -195,10 +255,16 @@ def _datasets_cache(config: FinetuneConfig) -> Optional[str]:
 def load_image_data(config: FinetuneConfig) -> ImageData:
     """The data the config names: --data-dir, --dataset-name, or the d2l hotdog set; with --max-train-samples /
     --max-eval-samples (eval and test), a stratified seeded subset of each split (before any image is decoded)."""
-    if config.dataset_name:
+    root = Path(config.data_dir).expanduser() if config.data_dir else None
+    manifests = manifest_files(config, root)
+    if manifests:
+        data = load_manifest_data(*manifests, config, root.name if root else manifests[0]["train"].parent.name)
+    elif config.dataset_name:
         data = load_hub_dataset(config)
-    elif config.data_dir:
-        data = load_image_folder(Path(config.data_dir).expanduser(), config)
+    elif root and (config.label_delimiter or config.task == MULTI_LABEL):
+        data = load_label_combination_folder(root, config)
+    elif root:
+        data = load_image_folder(root, config)
     else:
         data = load_image_folder(hotdog_dir(Path(config.cache_dir or default_cache_dir())), config)
         data.name = "hotdog"
@@ -206,4 +272,5 @@ def load_image_data(config: FinetuneConfig) -> ImageData:
     data.eval = select_samples(data.eval, config.max_eval_samples, config.seed)
     if data.test is not None:
         data.test = select_samples(data.test, config.max_eval_samples, config.seed)
+    logger.info("task: %s (%s)", data.task, data.task_reason)
     return data

@@ -35,7 +35,12 @@ def stratified_indices(labels, size: int, seed: int) -> list[int]:
 
 
 def select_samples(dataset, size, seed: int):
-    """The dataset itself when `size` is None or covers it, else its stratified subset."""
+    """The dataset itself when `size` is None or covers it, else its stratified subset (multi-label, where a row
+    has no one class to stratify by: a seeded random subset)."""
+    import datasets
+
     if size is None or size >= len(dataset):
         return dataset
+    if not isinstance(dataset.features["label"], datasets.ClassLabel):
+        return dataset.select(sorted(np.random.default_rng(seed).choice(len(dataset), size, replace=False).tolist()))
     return dataset.select(stratified_indices(dataset["label"], size, seed))
