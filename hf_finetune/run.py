@@ -17,7 +17,7 @@ from hf_finetune.publish.card import write_model_card
 from hf_finetune.train.checkpoints import TrainingProgress, save_checkpoint
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.train.engine import EpochStats, ResumePoint, train_one_epoch
-from hf_finetune.errors import TrainingStopped
+from hf_finetune.errors import TrainingStopped, UserError
 from hf_finetune.files import write_json
 from hf_finetune.model.freezing import frozen_batchnorms, set_requires_grad
 from hf_finetune.train.guard import PREEMPTED, StopGuard, leave_together
@@ -43,6 +43,9 @@ def finetune(config: FinetuneConfig) -> dict:
     if config.push_to_hub:
         check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
     parts = create_training_parts(config)
+    if parts.data.task == "multi-label":  # until the task object lands (issue 21): the integrator replaces this
+        raise UserError(f"multi-label training lands with the task object; this data is multi-label "
+                        f"({parts.data.task_reason}): until then, train on one label per image")
     check_select_metric(config.select_metric, len(parts.data.label_names))
     progress, resume_point = resume_training(parts)
     if not progress.already_finished:

@@ -39,8 +39,9 @@ def infer_task(train_lists: list[list[str]], forced: str) -> tuple[str, str]:
     """(task, why): multi-label when any train row has no label or several, unless --task forces one."""
     several = sum(len(labels) > 1 for labels in train_lists)
     none = sum(len(labels) == 0 for labels in train_lists)
-    counts = ", ".join(part for part in (f"{several} of {len(train_lists)} train rows have several labels"
-                                         if several else "", f"{none} have none" if none else "") if part)
+    total = len(train_lists)
+    counts = ", ".join(([f"{several} of {total} train rows have several labels"] if several else [])
+                       + ([f"{none} of {total}{'' if several else ' train rows'} have no label"] if none else []))
     if forced == SINGLE_LABEL and (several or none):
         raise UserError(f"--task single-label, but {counts}: use --task multi-label (or auto), or give each "
                         "image exactly one label")
