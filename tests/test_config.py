@@ -44,7 +44,7 @@ def test_unknown_key_in_config_file_is_refused(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--val-fraction", "1.5"], "--val-fraction"),
-    (["--data-dir", "a", "--dataset-name", "b"], "not both"),
+    (["--data-dir", "a", "--dataset-name", "b"], "give one of --data-dir, --dataset-name and --train-file"),
     (["--pretrained-path", "/nonexistent.safetensors"], "not a file"),
 ])
 def test_bad_values_are_refused(argv, message):

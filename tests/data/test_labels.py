@@ -100,12 +100,12 @@ def test_class_label_names_and_indices_are_kept(tmp_path):
 
 @pytest.mark.parametrize("label_feature, labels, message", [
     ("float32", [0.0, 1.0, 0.5, 1.0], "float32"),
-    ("list", [[0], [1, 2], [2], [0, 1]], "multi-label .*not supported yet"),
+    ("list", [[0.5], [1.0, 2.0], [2.0], [0.0, 1.0]], "List values, not classes"),  # lists of classes: multi-label
 ])
 def test_label_column_that_is_not_a_class_is_refused(tmp_path, label_feature, labels, message):
     import datasets
 
-    feature = datasets.List(datasets.Value("int64")) if label_feature == "list" else datasets.Value(label_feature)
+    feature = datasets.List(datasets.Value("float32")) if label_feature == "list" else datasets.Value(label_feature)
     folder = _write_parquet_dataset(tmp_path / label_feature, {"train": labels, "test": labels}, feature)
     with pytest.raises(UserError, match=message) as refused:
         _load(folder, tmp_path)

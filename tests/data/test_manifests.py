@@ -181,6 +181,10 @@ def test_hub_list_columns_are_multi_label_and_labels_without_train_positives_are
                                      datasets.Sequence(datasets.Value("string")))
     data = _load(tmp_path, dataset_name=str(strings))
     assert data.label_names == ["a", "b"] and data.train["label"] == [[0, 1], [1]] and data.eval["label"] == [[0]]
+    integers = _write_parquet_dataset(tmp_path / "ints", {"train": [[10], [2, 10], [2]], "test": [[2]]},
+                                      datasets.Sequence(datasets.Value("int64")))
+    data = _load(tmp_path, dataset_name=str(integers))  # integer labels in numeric order, as single-label ones
+    assert data.label_names == ["2", "10"] and data.train["label"] == [[1], [0, 1], [0]]
 
 
 def test_food_mosaics_manifests(tmp_path, caplog):
