@@ -35,31 +35,38 @@ def sorted_names(labels) -> list[str]:
     return sorted(map(str, distinct))
 
 
-def infer_task(train_lists: list[list[str]], forced: str) -> tuple[str, str]:
-    """(task, why): multi-label when any train row has no label or several, unless --task forces one."""
-    several = sum(len(labels) > 1 for labels in train_lists)
-    none = sum(len(labels) == 0 for labels in train_lists)
-    total = len(train_lists)
-    counts = ", ".join(([f"{several} of {total} train rows have several labels"] if several else [])
-                       + ([f"{none} of {total}{'' if several else ' train rows'} have no label"] if none else []))
-    if forced == SINGLE_LABEL and (several or none):
+def infer_task(lists: dict[str, list[list[str]]], split_names: dict[str, str], forced: str) -> tuple[str, str]:
+    """(task, why): multi-label when any row (of train, else of an evaluated split) has no label or several,
+    unless --task forces one; --task single-label refuses such rows (it would have to drop labels)."""
+    odd = {key: _odd_rows(rows, split_names[key]) for key, rows in lists.items()}
+    # Why, in one phrase: train's rows when they decide, else the evaluated split's that do.
+    counts = odd["train"] or ", ".join(filter(None, odd.values()))
+    if forced == SINGLE_LABEL and counts:
         raise UserError(f"--task single-label, but {counts}: use --task multi-label (or auto), or give each "
                         "image exactly one label")
     if forced == MULTI_LABEL:
         return MULTI_LABEL, "forced by --task multi-label" + (f"; {counts}" if counts else "")
     if forced == SINGLE_LABEL:
         return SINGLE_LABEL, "forced by --task single-label"
-    if several or none:
+    if counts:
         return MULTI_LABEL, counts
-    return SINGLE_LABEL, f"every one of {len(train_lists)} train rows has exactly one label"
+    return SINGLE_LABEL, f"every one of {len(lists['train'])} train rows has exactly one label"
 
 
-def preflight(lists: dict[str, list[list[str]]], label_names: list[str], split_names: dict[str, str],
-              task: str) -> None:
+def _odd_rows(rows: list[list[str]], split: str) -> str:
+    """"3 of 800 train rows have several labels, 2 of 800 have no label", or "" when every row has one."""
+    several, none = sum(len(labels) > 1 for labels in rows), sum(not labels for labels in rows)
+    parts = ([f"{several} of {len(rows)} {split} rows have several labels"] if several else []) + (
+        [f"{none} of {len(rows)}{'' if several else f' {split} rows'} have no label"] if none else [])
+    return ", ".join(parts)
+
+
+def preflight(lists: dict[str, list[list[str]]], label_names: list[str], split_names: dict[str, str]) -> None:
     """The label checks before anything is decoded or trained: labels only in an evaluated split (error: the
     model has no output for them), labels with no positive in train (warning: the model can only learn to say
-    no, and their scores mean nothing), images without labels (multi-label: a warning, they train as negatives
-    for every label; single-label: an error). Duplicate rows are checked where rows have paths (manifest.py)."""
+    no, and their scores mean nothing), images without labels (a warning: in a multi-label task they are
+    negatives for every label; infer_task refused them for a single-label one). Duplicate rows are checked where
+    rows have paths (manifest.check_rows)."""
     known = set(label_names)
     for key, rows in lists.items():
         unknown = sorted({name for labels in rows for name in labels} - known)
@@ -74,10 +81,7 @@ def preflight(lists: dict[str, list[list[str]]], label_names: list[str], split_n
                        "(add training images that have them)", ", ".join(unseen[:10]))
     for key, rows in lists.items():
         empty = sum(not labels for labels in rows)
-        if empty and task == SINGLE_LABEL:
-            raise UserError(f"{empty} of {len(rows)} {split_names[key]} rows have no label: a single-label "
-                            "task needs one per image (give it, or use --task multi-label)")
-        if empty:
+        if empty:  # a single-label task has none: infer_task refused them
             logger.warning("%d of %d %s rows have no label: they train and score as negatives for every label",
                            empty, len(rows), split_names[key])
 
@@ -88,10 +92,10 @@ def encode_label_sets(splits: dict, split_names: dict[str, str], forced_task: st
     per name. `label_names`: the class order when the source has one (a Sequence(ClassLabel)), else the train
     split's distinct labels sorted (integers numerically)."""
     lists = {key: split["label"] for key, split in splits.items()}
-    task, reason = infer_task(lists["train"], forced_task)
+    task, reason = infer_task(lists, split_names, forced_task)
     if label_names is None:
         label_names = sorted_names(name for labels in lists["train"] for name in labels)
-    preflight(lists, label_names, split_names, task)
+    preflight(lists, label_names, split_names)
     if len(label_names) < 2:
         raise UserError(f"the training labels are {label_names}: a classifier needs at least two")
     encoded = {key: _encoded(split, label_names, task, split_names[key]) for key, split in splits.items()}

@@ -261,13 +261,11 @@ def load_image_data(config: FinetuneConfig) -> ImageData:
         data = load_manifest_data(*manifests, config, root.name if root else manifests[0]["train"].parent.name)
     elif config.dataset_name:
         data = load_hub_dataset(config)
-    elif root and (config.label_delimiter or config.task == MULTI_LABEL):
-        data = load_label_combination_folder(root, config)
-    elif root:
-        data = load_image_folder(root, config)
     else:
-        data = load_image_folder(hotdog_dir(Path(config.cache_dir or default_cache_dir())), config)
-        data.name = "hotdog"
+        folder = root or hotdog_dir(Path(config.cache_dir or default_cache_dir()))
+        label_sets = config.label_delimiter or config.task == MULTI_LABEL
+        data = (load_label_combination_folder if label_sets else load_image_folder)(folder, config)
+        data.name = folder.name if root else "hotdog"
     data.train = select_samples(data.train, config.max_train_samples, config.seed)
     data.eval = select_samples(data.eval, config.max_eval_samples, config.seed)
     if data.test is not None:

@@ -100,6 +100,15 @@ def test_task_single_label_refuses_rows_with_several_labels(tmp_path):
         _load(tmp_path, data_dir=str(root), task="single-label")
 
 
+def test_several_labels_in_an_eval_row_make_the_task_multi_label(tmp_path):
+    root = tmp_path / "eval-multi"
+    write_csv(root / "train.csv", [("a.jpg", "cat"), ("b.jpg", "dog")])
+    write_csv(root / "val.csv", [("c.jpg", "cat dog"), ("d.jpg", "dog")])
+    data = _load(tmp_path, data_dir=str(root))  # single-label would have to drop "dog" from c.jpg
+    assert data.task == "multi-label" and data.task_reason == "1 of 2 val rows have several labels"
+    assert data.eval["label"] == [[0, 1], [1]]
+
+
 def test_preflight_refuses_labels_only_in_eval(tmp_path):
     root = tmp_path / "unknown"
     write_csv(root / "train.csv", TRAIN)
