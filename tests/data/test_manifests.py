@@ -218,13 +218,16 @@ def test_single_label_manifest_trains_end_to_end(tmp_path):
 
     root = tmp_path / "single"
     write_csv(root / "train.csv", [(f"{index}.jpg", ["cat", "dog"][index % 2]) for index in range(8)])
-    write_csv(root / "val.csv", [("v0.jpg", "cat"), ("v1.jpg", "dog")])
+    write_csv(root / "val.csv", [("v0.jpg", "cat"), ("v1.jpg", "dog"), ("v2.jpg", "cat")])
+    (root / "imgs" / "v2.jpg").write_bytes((root / "imgs" / "v0.jpg").read_bytes()[:60])  # truncated: unreadable
     out = tmp_path / "out"
-    result = run_script("finetune.py", "--data-dir", root, *TINY_RUN, "--output-dir", out)
+    result = run_script("finetune.py", "--data-dir", root, *TINY_RUN, "--max-bad-fraction", "0.5",
+                        "--output-dir", out)
     assert "task: single-label (every one of 8 train rows has exactly one label)" in result.stderr
+    assert "skipping unreadable image imgs/v2.jpg" in result.stderr  # as for folders: reported and skipped
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["final"]["eval_count"] == 2 and json.loads((out / "config.json").read_text())[
-        "label_names"] == ["cat", "dog"]
+    assert metrics["final"]["eval_count"] == 2 and metrics["bad_files"] == 1
+    assert json.loads((out / "config.json").read_text())["label_names"] == ["cat", "dog"]
 
 
 def test_multi_label_data_stops_after_the_preflight_with_one_error_line(tmp_path):
