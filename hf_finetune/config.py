@@ -355,7 +355,8 @@ class FinetuneConfig:
         if self.eval_file and not self.train_file:
             raise UserError("--eval-file needs --train-file")
         if self.test_file and not self.eval_file:
-            raise UserError("--test-file needs --eval-file (the eval split selects the epoch, the test split scores it)")
+            raise UserError("--test-file needs --eval-file (the eval split selects the epoch, the test split "
+                            "scores it)")
         for option, file in (("train-file", self.train_file), ("eval-file", self.eval_file),
                              ("test-file", self.test_file)):
             if file and not Path(file).expanduser().is_file():

@@ -1,5 +1,6 @@
 """Manifests: one CSV or JSONL file per split, an image path column (relative to the manifest's folder, or
-its images/ subfolder) and a label column of one label or several (the layout of most Kaggle sets and of fastai's `from_csv`).
+its images/ subfolder) and a label column of one label or several (the layout of most Kaggle sets and of
+fastai's `from_csv`).
 
 Loaded with datasets' own `csv` / `json` builders; each row's labels become a list of names (label_sets.py
 then picks the task and encodes them) and the path column becomes an `Image()` column of resolved paths.
@@ -25,24 +26,25 @@ LABEL_COLUMNS = ("label", "labels", "tags", "target")
 
 def find_manifest(folder: Path, split: str) -> Optional[Path]:
     """`folder/<split>.csv` (or .jsonl, .json) when there is one."""
-    return next((folder / f"{split}{suffix}" for suffix in MANIFEST_SUFFIXES if (folder / f"{split}{suffix}").is_file()),
+    return next((path for path in (folder / f"{split}{suffix}" for suffix in MANIFEST_SUFFIXES) if path.is_file()),
                 None)
 
 
 def load_manifest(path: Path, image_column: Optional[str], label_column: Optional[str],
                   delimiter: Optional[str], cache_dir: Optional[str]):
     """The manifest as a Dataset of `image` (the resolved path, checked to exist) and `label` (a list of names);
-    the caller casts `image` to Image() once the splits are compared (warn_shared_images)."""
+    the caller makes `image` an Image() column (image_column) once the splits are compared (warn_shared_images)."""
     import datasets
 
-    csv = path.suffix == ".csv"
+    is_csv = path.suffix == ".csv"
     # CSV: every cell a string (labels "1" and "01" stay what they are; an empty cell is no label).
-    options = {"features": _string_columns(path), "keep_default_na": False} if csv else {}
+    options = {"features": _string_columns(path), "keep_default_na": False} if is_csv else {}
     try:
-        table = datasets.load_dataset("csv" if csv else "json", data_files=str(path), split="train",
+        table = datasets.load_dataset("csv" if is_csv else "json", data_files=str(path), split="train",
                                       cache_dir=cache_dir, **options)
     except Exception as error:  # the builders raise pandas/pyarrow errors of many types on a malformed file
-        raise UserError(f"{path}: cannot read it as {'CSV' if csv else 'JSON lines'}: {first_line(error)}") from None
+        raise UserError(f"{path}: cannot read it as {'CSV' if is_csv else 'JSON lines'}: {first_line(error)}") \
+            from None
     image = _column(table, image_column, IMAGE_COLUMNS, "image", path)
     label = _column(table, label_column, LABEL_COLUMNS, "label", path)
     table = table.select_columns([image, label]).rename_columns({image: "path", label: "label"})
@@ -50,12 +52,23 @@ def load_manifest(path: Path, image_column: Optional[str], label_column: Optiona
         table = table.cast_column("label", datasets.Value("string"))  # JSON numbers: names like the CSV's
     table = table.map(_resolved_rows, batched=True, input_columns=["path", "label"], remove_columns=["path"],
                       fn_kwargs={"folder": str(_image_root(path, table["path"])),
-                                 "delimiter": delimiter if delimiter else (" " if csv else None)},
+                                 "delimiter": delimiter if delimiter else (" " if is_csv else None)},
                       features=datasets.Features({"image": datasets.Value("string"),
                                                   "label": datasets.Sequence(datasets.Value("string"))}),
                       desc=f"Reading {path.name}")
     check_rows(table["image"], table["label"], path)
     return table
+
+
+def image_column(table):
+    """`image` as datasets Image() of the paths, the fingerprint (which keys the decode-once cache and the
+    resume identity) covering every image file's size and modification time, as imagefolder's does: a
+    manifest's own fingerprint covers only the manifest, and a replaced image must be decoded again."""
+    import datasets
+    from datasets.fingerprint import Hasher
+
+    stamps = [(path, stat.st_size, stat.st_mtime_ns) for path in table["image"] for stat in [os.stat(path)]]
+    return table.cast_column("image", datasets.Image(), new_fingerprint=Hasher.hash((Hasher.hash(table), stamps)))
 
 
 def _string_columns(path: Path):
@@ -132,7 +145,8 @@ def check_rows(images: list[str], labels: list[list[str]], path: Path) -> None:
 
 
 def warn_shared_images(splits: dict, split_names: dict[str, str]) -> None:
-    """(Of splits whose `image` is still the path.) An image in train and in an evaluated split makes that split's numbers optimistic: a warning."""
+    """An image in train and in an evaluated split makes that split's numbers optimistic: a warning. (Of splits
+    whose `image` is still the path.)"""
     train = set(splits["train"]["image"])
     for key in ("eval", "test"):
         if key in splits:

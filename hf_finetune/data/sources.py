@@ -19,7 +19,7 @@ from hf_finetune.config import EVAL_SPLIT_NAMES, FinetuneConfig
 from hf_finetune.data.download import default_cache_dir, hotdog_dir
 from hf_finetune.data.label_sets import MULTI_LABEL, SINGLE_LABEL, encode_label_sets
 from hf_finetune.data.labels import class_encoded, class_names, is_label_list, label_set_rows
-from hf_finetune.data.manifest import load_manifest, manifest_files, warn_shared_images
+from hf_finetune.data.manifest import image_column, load_manifest, manifest_files, warn_shared_images
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.subsets import select_samples
 
@@ -214,12 +214,10 @@ def load_label_combination_folder(root: Path, config: FinetuneConfig) -> ImageDa
 def load_manifest_data(files: dict[str, Path], split_names: dict[str, str], config: FinetuneConfig,
                        name: str) -> ImageData:
     """The splits of manifests (CSV/JSONL), their labels encoded for the task they show (label_sets.py)."""
-    import datasets
-
     splits = {key: load_manifest(path, config.image_column, config.label_column, config.label_delimiter,
                                  _datasets_cache(config)) for key, path in files.items()}
     warn_shared_images(splits, split_names)
-    splits = {key: split.cast_column("image", datasets.Image()) for key, split in splits.items()}
+    splits = {key: image_column(split) for key, split in splits.items()}
     return _label_set_data(splits, split_names, config, name, files["train"].parent)
 
 

@@ -70,7 +70,8 @@ def test_jsonl_lists_and_csv_delimiter_through_train_and_eval_file(tmp_path):
     train.write_text("\n".join(json.dumps(row) for row in [{"path": "a.png", "tags": ["x", "y"]},
                                                             {"path": "b.png", "tags": ["y"]},
                                                             {"path": "c.png", "tags": []}]))
-    evaluation = write_csv(tmp_path / "other" / "eval.csv", [("d.jpg", "y|x"), ("e.jpg", "x")], header=("image", "tags"))
+    evaluation = write_csv(tmp_path / "other" / "eval.csv", [("d.jpg", "y|x"), ("e.jpg", "x")],
+                           header=("image", "tags"))
     data = _load(tmp_path, train_file=str(train), eval_file=str(evaluation), label_delimiter="|",
                  label_column="tags")
     assert data.label_names == ["x", "y"] and data.train["label"] == [[0, 1], [1], []]
@@ -241,3 +242,18 @@ def test_multi_label_data_stops_after_the_preflight_with_one_error_line(tmp_path
         "error: multi-label training lands with the task object; this data is multi-label (2 of 5 train rows have "
         "several labels): until then, train on one label per image")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_a_changed_image_behind_an_unchanged_manifest_changes_the_fingerprint(tmp_path):
+    import os
+
+    from hf_finetune.data.cache import data_fingerprint
+
+    root = tmp_path / "changed"
+    write_csv(root / "train.csv", TRAIN)
+    before = data_fingerprint(_load(tmp_path, data_dir=str(root)).train)
+    assert data_fingerprint(_load(tmp_path, data_dir=str(root)).train) == before  # unchanged: the cache is reused
+    image = root / "imgs" / "c.jpg"
+    image.write_bytes((root / "imgs" / "a.jpg").read_bytes())  # the decode-once cache must not keep the old pixels
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    assert data_fingerprint(_load(tmp_path, data_dir=str(root)).train) != before
