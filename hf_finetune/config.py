@@ -46,7 +46,8 @@ class FinetuneConfig:
     # data
     data_dir: Optional[str] = _doc(
         "Class-per-folder image tree: DIR/train/<class>/*.jpg plus an eval split named "
-        f"{'/'.join(EVAL_SPLIT_NAMES)} (or no eval split: see --val-fraction). "
+        f"{'/'.join(EVAL_SPLIT_NAMES)} (or no eval split: see --val-fraction); or manifests named after the "
+        "splits, train.csv beside val.csv (see --train-file). "
         "Unset (and no --dataset-name): the d2l hotdog set, downloaded once and SHA-1 checked.",
         default=None,
     )
@@ -82,8 +83,8 @@ class FinetuneConfig:
         default=None,
     )
     task: Literal["auto", "single-label", "multi-label"] = _doc(
-        "'auto': multi-label when any training image has no label or several, else single-label (the start-up "
-        "line says which and why); or force one.",
+        "'auto': multi-label when any image (of any split) has no label or several, else single-label (the "
+        "start-up line says which and why); or force one. Single-label refuses such images.",
         default="auto",
     )
     image_column: Optional[str] = _doc("Image column of a Hub dataset (default 'image' or 'img') or a manifest "
@@ -363,6 +364,8 @@ class FinetuneConfig:
                 raise UserError(f"--{option} {file}: no such file")
             if file and Path(file).suffix not in (".csv", ".jsonl", ".json"):
                 raise UserError(f"--{option} {file}: a manifest is a .csv or .jsonl file")
+        if self.task not in ("auto", "single-label", "multi-label"):  # a --config file bypasses the flag's choices
+            raise UserError(f"--task {self.task}: use auto, single-label or multi-label")
         if self.label_delimiter == "":
             raise UserError("--label-delimiter cannot be empty; e.g. ' ', ',', '|' or '_'")
 

@@ -171,7 +171,8 @@ def test_manifest_options_are_validated_early():
                              ({"train_file": "/no/such.csv"}, "--train-file /no/such.csv: no such file"),
                              ({"train_file": __file__}, "a manifest is a .csv or .jsonl file"),
                              ({"data_dir": "x", "train_file": __file__}, "give one of --data-dir"),
-                             ({"label_delimiter": ""}, "--label-delimiter cannot be empty")]:
+                             ({"label_delimiter": ""}, "--label-delimiter cannot be empty"),
+                             ({"task": "multilabel"}, "--task multilabel: use auto, single-label or multi-label")]:
         with pytest.raises(UserError, match=message):
             FinetuneConfig(**options).validate()
 
