@@ -155,6 +155,11 @@ def test_label_combination_folders_give_every_label_in_the_name(tmp_path):
     assert sorted(map(tuple, _names(data, data.eval))) == [("black", "jeans"), ("black", "jeans"), ("dress", "red"),
                                                            ("dress", "red"), ("jeans", "red"), ("jeans", "red")]
     assert data.task == "multi-label" and data.task_reason == "6 of 6 train rows have several labels"
+    with pytest.raises(UserError, match="split val has label\\(s\\) that train does not: red_jeans"):
+        _load(tmp_path, data_dir=str(root), task="multi-label")  # no delimiter: a folder name is one label
+    forced = _load(tmp_path, data_dir=str(make_image_folder(tmp_path / "plain", per_class=(2, 1))), task="multi-label")
+    assert forced.label_names == ["cat", "dog"] and forced.task_reason == "forced by --task multi-label"
+    assert sorted(map(tuple, forced.train["label"])) == [(0,), (0,), (1,), (1,)]
 
 
 def test_manifest_without_eval_split_holds_out_and_subsets_multi_label_rows(tmp_path):
