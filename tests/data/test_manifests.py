@@ -263,3 +263,19 @@ def test_a_changed_image_behind_an_unchanged_manifest_changes_the_fingerprint(tm
     image.write_bytes((root / "imgs" / "a.jpg").read_bytes())  # the decode-once cache must not keep the old pixels
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
     assert data_fingerprint(_load(tmp_path, data_dir=str(root)).train) != before
+
+
+def test_unreadable_images_of_a_multi_label_manifest_are_skipped_and_the_label_lists_kept(tmp_path):
+    from hf_finetune.data.cache import prepare_images
+    from hf_finetune.model.create import create_classifier
+
+    root = tmp_path / "bad"
+    write_csv(root / "train.csv", TRAIN)
+    write_csv(root / "val.csv", VAL)
+    (root / "imgs" / "b.jpg").write_bytes(b"not an image")
+    data = _load(tmp_path, data_dir=str(root))
+    model = create_classifier("test_resnet", data.label_names, pretrained=False, img_size=32)[0]
+    cached = prepare_images(data, model, max_bad_fraction=0.5)
+    assert [(file["split"], file["path"]) for file in cached.bad_files] == [("train", "imgs/b.jpg")]
+    assert cached.train["label"] == [[1], [2], [0, 1, 2], [0]] and cached.eval["label"] == [[2], [0, 1]]
+    assert cached.train.features["label"] == data.train.features["label"]  # still a Sequence(ClassLabel)
