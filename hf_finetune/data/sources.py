@@ -206,6 +206,11 @@ def load_label_combination_folder(root: Path, config: FinetuneConfig) -> ImageDa
             data_files[key] = [str(path / "**") for path in _visible_dirs(dirs[key]) if _has_images(path)]
     loaded = datasets.load_dataset("imagefolder", data_files=data_files, drop_labels=False, drop_metadata=True,
                                    cache_dir=_datasets_cache(config))
+    nested = set(loaded["train"].features["label"].names) - {p.name for d in dirs.values() if d
+                                                             for p in _visible_dirs(d)}
+    if nested:  # imagefolder names an image by its innermost folder
+        raise UserError(f"{root}: images must sit directly in the label folders (found subfolders "
+                        f"{', '.join(sorted(nested)[:5])})")
     rows = {key: label_set_rows(split, config.label_delimiter) for key, split in loaded.items()}
     names = {"train": train_dir.name, "eval": eval_dir.name if eval_dir else None, "test": test_name}
     return _label_set_data(rows, names, config, root.name, root)
@@ -251,8 +256,10 @@ def _datasets_cache(config: FinetuneConfig) -> Optional[str]:
 
 
 def load_image_data(config: FinetuneConfig) -> ImageData:
-    """The data the config names: --data-dir, --dataset-name, or the d2l hotdog set; with --max-train-samples /
-    --max-eval-samples (eval and test), a stratified seeded subset of each split (before any image is decoded)."""
+    """The data the config names: manifests (--train-file, or in --data-dir), --data-dir class folders (named by
+    label combination with --label-delimiter), --dataset-name, or the d2l hotdog set; with --max-train-samples /
+    --max-eval-samples (eval and test), a stratified seeded subset of each split (multi-label: a seeded random
+    one), before any image is decoded. Logs the task and why."""
     root = Path(config.data_dir).expanduser() if config.data_dir else None
     manifests = manifest_files(config, root)
     if manifests:

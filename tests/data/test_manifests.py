@@ -157,6 +157,11 @@ def test_label_combination_folders_give_every_label_in_the_name(tmp_path):
     assert data.task == "multi-label" and data.task_reason == "6 of 6 train rows have several labels"
     with pytest.raises(UserError, match="split val has label\\(s\\) that train does not: red_jeans"):
         _load(tmp_path, data_dir=str(root), task="multi-label")  # no delimiter: a folder name is one label
+    nested = make_image_folder(tmp_path / "nested", classes=("red_dress", "blue_dress"), per_class=(2, 1))
+    (nested / "train" / "red_dress" / "extra").mkdir()
+    (nested / "train" / "red_dress" / "red_dress_0.jpg").rename(nested / "train" / "red_dress" / "extra" / "0.jpg")
+    with pytest.raises(UserError, match="images must sit directly in the label folders \\(found subfolders extra"):
+        _load(tmp_path, data_dir=str(nested), label_delimiter="_")
     forced = _load(tmp_path, data_dir=str(make_image_folder(tmp_path / "plain", per_class=(2, 1))), task="multi-label")
     assert forced.label_names == ["cat", "dog"] and forced.task_reason == "forced by --task multi-label"
     assert sorted(map(tuple, forced.train["label"])) == [(0,), (0,), (1,), (1,)]
