@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from hf_finetune.config import EVAL_SPLIT_NAMES
+from hf_finetune.data.folders import TEST_SPLIT, test_split_name
 from hf_finetune.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
@@ -170,8 +171,7 @@ def manifest_files(config, root: Optional[Path]) -> Optional[tuple[dict[str, Pat
     if config.eval_split and find_manifest(root, config.eval_split) is None:
         raise UserError(f"--eval-split {config.eval_split}: no {config.eval_split}.csv or .jsonl in {root}")
     eval_name = config.eval_split or next((name for name in EVAL_SPLIT_NAMES if find_manifest(root, name)), None)
-    names = {"train": config.train_split, "eval": eval_name}
-    if eval_name not in (None, "test") and find_manifest(root, "test"):
-        names["test"] = "test"  # beside another eval split: it scores the selected model (sources.test_split_name)
-    names = {key: name for key, name in names.items() if name}
+    test_name = test_split_name([TEST_SPLIT] if find_manifest(root, TEST_SPLIT) else [], eval_name)
+    names = {key: name for key, name in (("train", config.train_split), ("eval", eval_name), ("test", test_name))
+             if name}
     return {key: find_manifest(root, name) for key, name in names.items()}, names

@@ -17,6 +17,8 @@ from typing import Optional
 
 from hf_finetune.config import EVAL_SPLIT_NAMES, FinetuneConfig
 from hf_finetune.data.download import default_cache_dir, hotdog_dir
+from hf_finetune.data.folders import (IMAGE_EXTENSIONS, find_classes, find_splits, has_images,  # noqa: F401
+                                      test_split_name, visible_dirs)
 from hf_finetune.data.label_sets import MULTI_LABEL, SINGLE_LABEL, encode_label_sets
 from hf_finetune.data.labels import class_encoded, class_names, is_label_list, label_set_rows
 from hf_finetune.data.manifest import image_column, load_manifest, manifest_files, warn_shared_images
@@ -24,10 +26,6 @@ from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.subsets import select_samples
 
 logger = logging.getLogger(__name__)
-
-# The extensions datasets' imagefolder indexes; used to tell an empty class folder from a real one.
-TEST_SPLIT = "test"
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -47,61 +45,13 @@ class ImageData:
     task_reason: str = "one class folder or label per image"  # the start-up line: "task: <task> (<reason>)"
 
 
-def _visible_dirs(folder: Path) -> list[Path]:
-    # Hidden and special folders (.git, __MACOSX) are never classes or splits.
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
-
-
-def _has_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") for p in folder.rglob("*"))
-
-
-def find_splits(root: Path, train_split: str = "train",
-                eval_split: Optional[str] = None) -> tuple[Path, Optional[Path]]:
-    """Return (train folder, eval folder or None) of a class-per-folder tree."""
-    if not root.is_dir():
-        raise UserError(f"--data-dir {root}: no such folder")
-    subdirs = {p.name: p for p in _visible_dirs(root)}
-    if train_split not in subdirs:
-        if eval_split or any(name in subdirs for name in EVAL_SPLIT_NAMES):
-            raise UserError(f"--data-dir {root} has no '{train_split}' folder; found {', '.join(subdirs)} "
-                            "(name the training split with --train-split)")
-        return root, None  # the folder itself is the class tree; eval will be a holdout
-    if eval_split is not None:
-        if eval_split not in subdirs:
-            raise UserError(f"--eval-split {eval_split}: no such folder in {root}; found {', '.join(subdirs)}")
-        return subdirs[train_split], subdirs[eval_split]
-    found = next((subdirs[name] for name in EVAL_SPLIT_NAMES if name in subdirs), None)
-    return subdirs[train_split], found
-
-
-def test_split_name(split_names, eval_name: Optional[str]) -> Optional[str]:
-    """"test" when the data has it beside another eval split (val, validation, valid): that one selects the
-    epoch and the test split, untouched by the selection, scores the selected model."""
-    return TEST_SPLIT if eval_name not in (None, TEST_SPLIT) and TEST_SPLIT in split_names else None
-
-
-def find_classes(split_dir: Path) -> list[str]:
-    """Class folder names that hold at least one image; warns about (and drops) empty ones."""
-    classes, empty = [], []
-    for folder in _visible_dirs(split_dir):
-        (classes if _has_images(folder) else empty).append(folder.name)
-    if empty:
-        logger.warning("ignoring class folder(s) without images in %s: %s", split_dir, ", ".join(empty))
-    if len(classes) < 2:
-        raise UserError(f"{split_dir} has {len(classes)} class folder(s) with images "
-                        f"({', '.join(classes) or 'none'}); a classifier needs at least two: "
-                        "lay out the data as DIR/train/<class>/*.jpg")
-    return classes
-
-
 def load_image_folder(root: Path, config: FinetuneConfig) -> ImageData:
     import datasets
 
     train_dir, eval_dir = find_splits(root, config.train_split, config.eval_split)
     classes = find_classes(train_dir)
     data_files = {"train": [str(train_dir / name / "**") for name in classes]}
-    test_name = test_split_name([p.name for p in _visible_dirs(root)], eval_dir.name if eval_dir else None)
+    test_name = test_split_name([p.name for p in visible_dirs(root)], eval_dir.name if eval_dir else None)
     for key, folder in (("eval", eval_dir), ("test", root / test_name if test_name else None)):
         if folder is not None:
             data_files[key] = _split_files(folder, classes, train_dir)
@@ -122,12 +72,12 @@ def load_image_folder(root: Path, config: FinetuneConfig) -> ImageData:
 
 def _split_files(folder: Path, classes: list[str], train_dir: Path) -> list[str]:
     """imagefolder's file patterns of an evaluated split, whose classes must all be training classes."""
-    found = [path.name for path in _visible_dirs(folder) if _has_images(path)]
+    found = [path.name for path in visible_dirs(folder) if has_images(path)]
     if not found:
         raise UserError(f"split {folder} has no images in class folders")
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        others = [path.name for path in _visible_dirs(folder.parent) if path not in (train_dir, folder)]
+        others = [path.name for path in visible_dirs(folder.parent) if path not in (train_dir, folder)]
         hint = (f"; other folders here: {', '.join(others)} (choose the eval split with --eval-split NAME)"
                 if others else "")
         raise UserError(f"{folder} has class folder(s) that train does not: {', '.join(unknown)}{hint}")
@@ -198,16 +148,16 @@ def load_label_combination_folder(root: Path, config: FinetuneConfig) -> ImageDa
     import datasets
 
     train_dir, eval_dir = find_splits(root, config.train_split, config.eval_split)
-    test_name = test_split_name([p.name for p in _visible_dirs(root)], eval_dir.name if eval_dir else None)
+    test_name = test_split_name([p.name for p in visible_dirs(root)], eval_dir.name if eval_dir else None)
     dirs = {"train": train_dir, "eval": eval_dir, "test": root / test_name if test_name else None}
     data_files = {"train": [str(train_dir / name / "**") for name in find_classes(train_dir)]}
     for key in ("eval", "test"):
         if dirs[key] is not None:
-            data_files[key] = [str(path / "**") for path in _visible_dirs(dirs[key]) if _has_images(path)]
+            data_files[key] = [str(path / "**") for path in visible_dirs(dirs[key]) if has_images(path)]
     loaded = datasets.load_dataset("imagefolder", data_files=data_files, drop_labels=False, drop_metadata=True,
                                    cache_dir=_datasets_cache(config))
     nested = set(loaded["train"].features["label"].names) - {p.name for d in dirs.values() if d
-                                                             for p in _visible_dirs(d)}
+                                                             for p in visible_dirs(d)}
     if nested:  # imagefolder names an image by its innermost folder
         raise UserError(f"{root}: images must sit directly in the label folders (found subfolders "
                         f"{', '.join(sorted(nested)[:5])})")
