@@ -6,13 +6,34 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
 
 def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# How many processes a launcher started on this machine: torchrun's (so accelerate launch's), then the MPIs',
+# the counterparts of the local ranks Accelerate reads (LOCAL_RANK, MPI_LOCALRANKID, OMPI_/MV2_COMM_WORLD_LOCAL_RANK).
+LOCAL_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+
+
+def processes_on_this_machine(num_processes: int, environ: Mapping[str, str] = os.environ) -> int:
+    """How many of a launch's `num_processes` (all machines together) share this machine's cores: what the
+    launcher says in `environ`, else all of them (one machine). 8 machines x 8 GPUs: 8, not 64."""
+    for name in LOCAL_SIZE_VARIABLES:
+        if environ.get(name, "").isdigit() and int(environ[name]) > 0:
+            return min(int(environ[name]), num_processes)
+    return num_processes
+
+
+def cores_per_process(num_processes: int, environ: Mapping[str, str] = os.environ,
+                      cpus: Optional[int] = None) -> int:
+    """This machine's cores (`cpus`, default `available_cpus()`) shared by the launch's processes on it."""
+    cpus = available_cpus() if cpus is None else cpus
+    return cpus // processes_on_this_machine(num_processes, environ)
 
 
 @contextmanager

@@ -1,14 +1,63 @@
-"""Precision that fits the machine: `--mixed-precision auto` and the warning for emulated bf16."""
+"""What the machine offers: its cores per process (DataLoader workers), and the precision that fits it
+(`--mixed-precision auto` and the warning for emulated bf16)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import make_image_folder, run_script
+from hub_server import free_port
 
-from hf_finetune.hardware import cpu_has_native_bf16, machine_precision, resolve_precision
+from hf_finetune.hardware import (available_cpus, cores_per_process, cpu_has_native_bf16, machine_precision,
+                                  processes_on_this_machine, resolve_precision)
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, 64),  # no launcher says otherwise: one machine runs them all
+    ({"WORLD_SIZE": "64", "LOCAL_WORLD_SIZE": "8"}, 8),  # torchrun / accelerate launch, 8 nodes x 8 GPUs
+    ({"OMPI_COMM_WORLD_SIZE": "64", "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, 8),  # Open MPI
+    ({"MPI_LOCALNRANKS": "4"}, 4),  # Intel MPI / MPICH
+    ({"MV2_COMM_WORLD_LOCAL_SIZE": "2"}, 2),  # MVAPICH2
+    ({"LOCAL_WORLD_SIZE": ""}, 64), ({"LOCAL_WORLD_SIZE": "0"}, 64),  # unset or nonsense: all of them
+])
+def test_processes_on_this_machine_come_from_the_launcher(environ, expected):
+    assert processes_on_this_machine(64, environ) == expected
+
+
+def test_cores_are_shared_by_this_machines_processes_not_the_whole_launch():
+    # 8 machines x 8 GPUs, 32 cores each: 4 cores per process (the total count gave 32 // 64 = 0 workers)
+    assert cores_per_process(64, {"WORLD_SIZE": "64", "LOCAL_WORLD_SIZE": "8"}, cpus=32) == 4
+    assert cores_per_process(8, {"LOCAL_WORLD_SIZE": "8"}, cpus=32) == cores_per_process(8, {}, cpus=32) == 4
+    assert cores_per_process(2, {}) == available_cpus() // 2
+
+
+CORES_SCRIPT = """
+from accelerate import Accelerator
+from hf_finetune.hardware import available_cpus, cores_per_process
+accelerator = Accelerator(cpu=True)
+print(f"process {accelerator.process_index} of {accelerator.num_processes}: "
+      f"{cores_per_process(accelerator.num_processes)} of {available_cpus()} cores")
+"""
+
+
+def test_two_machines_of_one_process_each_give_each_process_all_its_machines_cores(tmp_path):
+    """A real two-node launch (two torchrun agents meeting on 127.0.0.1): each node runs one of 2 processes."""
+    script = tmp_path / "cores.py"
+    script.write_text(CORES_SCRIPT)
+    port = free_port()
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
+                                "1", "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                                str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for node in (0, 1)]
+    outputs = [agent.communicate(timeout=300) for agent in agents]
+    cpus = available_cpus()
+    for node, (agent, (out, err)) in enumerate(zip(agents, outputs)):
+        assert agent.returncode == 0, err[-3000:]
+        assert f"process {node} of 2: {cpus} of {cpus} cores" in out, out
 
 
 @pytest.mark.parametrize("device, bf16_supported, expected", [

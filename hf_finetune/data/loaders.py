@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hf_finetune.data.sources import ImageData
-from hf_finetune.hardware import available_cpus, one_thread
+from hf_finetune.hardware import cores_per_process, one_thread
 from hf_finetune.data.images import ImageSettings, decode_for_model
 from hf_finetune.data.sampling import EpochShuffleSampler, SeededAugmentation
 
@@ -88,8 +88,9 @@ def default_num_workers(num_processes: int) -> int:
     """With a GPU the CPU only feeds it: every core a process has, up to 8, loads. On the CPU the training
     step already keeps every core busy and a worker steals cycles from its threads (measured on 2 cores:
     0 workers trains fastest, see BENCHMARKS.md), while loading from the cache costs ~1 ms per image, a
-    few percent of a step: no workers below 8 cores per process, then one per 8 (an estimate, unmeasured)."""
-    cores = available_cpus() // num_processes
+    few percent of a step: no workers below 8 cores per process, then one per 8 (an estimate, unmeasured).
+    `num_processes` is the launch's; the cores are shared by the processes on this machine only."""
+    cores = cores_per_process(num_processes)
     return min(8, cores if torch.cuda.is_available() else cores // 8)
 
 
