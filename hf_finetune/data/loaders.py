@@ -11,6 +11,7 @@ normalization happen once per batch on its device, in the training step (Normali
 
 from __future__ import annotations
 
+import signal
 from functools import partial
 from typing import Callable, Optional
 
@@ -116,6 +117,15 @@ class ImageSamples(Dataset):
             return {"pixel_values": self.transform(torch.from_numpy(pixels).permute(2, 0, 1)), "label": row["label"]}
 
 
+def leave_sigterm_to_the_main_process(worker_id: int) -> None:
+    """Every loader's worker_init_fn. SLURM and Kubernetes send SIGTERM to the whole process group, workers
+    included, and torch's worker handler then dies of it: the main process stopped at its next batch with
+    "DataLoader worker is killed by signal: Terminated" instead of saving its preemption checkpoint. Ignored
+    here, the signal is the main process's alone (train.guard.StopGuard): it finishes the step, saves and exits,
+    and torch shuts the workers down; they still leave with a killed main process (torch's parent watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size: int, num_workers: Optional[int],
                        num_processes: int = 1, seed: int = 0,
                        auto_augment: Optional[str] = None) -> tuple[DataLoader, DataLoader]:
@@ -126,7 +136,7 @@ def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size:
     workers = default_num_workers(num_processes) if num_workers is None else num_workers
     # torch's default collate: it stacks the uint8 crops straight into shared memory in a worker process.
     common = dict(batch_size=per_device_batch_size, num_workers=workers, persistent_workers=workers > 0,
-                  pin_memory=torch.cuda.is_available())
+                  pin_memory=torch.cuda.is_available(), worker_init_fn=leave_sigterm_to_the_main_process)
     train = ImageSamples(data.train, train_transform, settings)
     evaluation = ImageSamples(data.eval, eval_transform, settings)
     # Order and augmentation depend on (seed, epoch, index) only: see sampling.py.
@@ -140,4 +150,5 @@ def create_eval_loader(dataset, model: nn.Module, per_device_batch_size: int, nu
     settings = ImageSettings.from_model(model)
     workers = default_num_workers(num_processes) if num_workers is None else num_workers
     return DataLoader(ImageSamples(dataset, create_transforms(settings)[1], settings), batch_size=per_device_batch_size,
-                      shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())
+                      shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=leave_sigterm_to_the_main_process)
