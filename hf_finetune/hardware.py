@@ -36,6 +36,12 @@ def cores_per_process(num_processes: int, environ: Mapping[str, str] = os.enviro
     return cpus // processes_on_this_machine(num_processes, environ)
 
 
+def cpu_only_launch() -> bool:
+    """A multi-process launch (torch.distributed.run) on a machine without a GPU: Accelerate picks gloo for it
+    only when told it runs on the CPU (`cpu=True`)."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
+
+
 @contextmanager
 def one_thread():
     """Run per-image tensor ops on one thread, as DataLoader workers always do. Split between threads, an op
