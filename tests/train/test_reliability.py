@@ -127,6 +127,21 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_resume
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["history"][0]["train_count"] == 48
 
 
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_jobs_process_group_saves_on_both_ranks_and_resumes(photos, tmp_path):
+    """The same under torchrun, as a SLURM job step runs it: agent, ranks and their workers all get SIGTERM (the
+    agent sends the ranks another, and exits 1 with its own SignalException: torchrun's, not ours)."""
+    argv = _args(photos, tmp_path / "out", "--epochs", "1", workers=2)
+    launcher = _start(argv, launcher=[*TORCHRUN, "2"], new_session=True)
+    stderr = _signal_when_progress(launcher, batches=2, group=True)
+    assert stderr.count("stopped by SIGTERM") == 2 and "DataLoader worker" not in stderr, stderr[-3000:]
+    [checkpoint] = list_checkpoints(tmp_path / "out")
+    assert checkpoint.name.startswith("epoch-0000-step-")
+    assert {p.name for p in checkpoint.glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
+    result = run_script("finetune.py", *argv, processes=2)
+    assert "resumed from" in result.stdout and checkpoint.name in result.stdout
+
+
 def test_sigterm_to_one_rank_stops_both_and_resume_matches(photos, tmp_path):
     """Each rank's metric sums of the interrupted epoch are its own: the resumed metrics.json matches too."""
     argv = _args(photos, tmp_path / "two", "--epochs", "1", "--batch-size", "8", "--momentum", "0.9")
