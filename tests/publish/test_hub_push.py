@@ -217,3 +217,14 @@ def test_a_main_process_without_a_token_stops_every_machine_with_the_same_line(h
         assert code != 0 and "exitcode  : 2" in err, err[-3000:]
         assert err.count("error: no Hugging Face token") == 1 and "Traceback" not in err.split("error: ")[0], err
     assert not (tmp_path / "node0" / "out" / "run_config.json").exists()
+
+
+def test_one_process_without_a_token_stops_before_the_data_with_one_line(tmp_path):
+    from conftest import make_image_folder
+
+    out = tmp_path / "out"
+    result = run_script("finetune.py", "--data-dir", make_image_folder(tmp_path / "photos"), "--model", "test_resnet",
+                        "--no-pretrained", "--output-dir", out, "--push-to-hub", "tester/none", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no Hugging Face token: set HF_TOKEN")
+    assert not out.exists()
