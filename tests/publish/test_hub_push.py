@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import REPO_ROOT, make_image_folder, run_script
 from finished_run import make_finished_run
+from hub_server import free_port
 
 from hf_finetune.publish import hub as hub_module
 from hf_finetune.publish.card import write_model_card
@@ -168,14 +173,6 @@ def test_an_unreachable_hub_is_retried_then_one_line_and_exit_2(hub_env, tmp_pat
 def _two_nodes_pushing(tmp_path: Path, hub, repo_id: str, logged_in_node: int) -> list[tuple[int, str, str]]:
     """Two machines (two torchrun agents, one process each), each with its own HF_HOME, as logins are per
     machine: only `logged_in_node` has a token (`hf auth login` writes HF_HOME/token). (returncode, out, err)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from conftest import REPO_ROOT, make_image_folder
-    from hub_server import free_port
-
     photos = make_image_folder(tmp_path / "photos", per_class=(8, 4))
     port, agents = free_port(), []
     for node in (0, 1):
@@ -220,8 +217,6 @@ def test_a_main_process_without_a_token_stops_every_machine_with_the_same_line(h
 
 
 def test_one_process_without_a_token_stops_before_the_data_with_one_line(tmp_path):
-    from conftest import make_image_folder
-
     out = tmp_path / "out"
     result = run_script("finetune.py", "--data-dir", make_image_folder(tmp_path / "photos"), "--model", "test_resnet",
                         "--no-pretrained", "--output-dir", out, "--push-to-hub", "tester/none", check=False)
