@@ -241,9 +241,10 @@ class FinetuneConfig:
                                            "--max-train-samples.", default=None)
     gradient_accumulation_steps: int = _doc("Micro-batches accumulated per optimizer update.", default=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _doc(
-        "Autocast precision; weights and the saved model stay fp32. 'auto': bf16 on a GPU that supports it and on "
-        "a CPU with native bf16 (AVX512-BF16/AMX), fp32 otherwise (on a CPU without it bf16 is emulated and "
-        "measured 10-14x slower). 'no' is fp32; 'fp16' (GPU) only when asked. The run prints its choice and why.",
+        "Autocast precision; weights and the saved model stay fp32. 'auto': bf16 where it is native (a GPU of "
+        "compute capability 8.0+, a CPU with AVX512-BF16/AMX); fp16 with a gradient scaler on an older GPU (V100, "
+        "T4: bf16 emulated); fp32 on other CPUs (bf16 emulated, measured 10-14x slower). 'no' is fp32. The run "
+        "prints its choice and why.",
         default="auto",
     )
     seed: int = _doc("Seed for initialization, shuffling, augmentation and the holdout split.", default=0)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -20,8 +21,8 @@ from hf_finetune.train.engine import EpochStats, ResumePoint, train_one_epoch
 from hf_finetune.errors import TrainingStopped, UserError
 from hf_finetune.files import write_json
 from hf_finetune.model.freezing import frozen_batchnorms, set_requires_grad
-from hf_finetune.train.guard import PREEMPTED, StopGuard, leave_together
-from hf_finetune.hardware import cpu_model
+from hf_finetune.train.guard import PREEMPTED, StopGuard, leave_together, main_process_checks
+from hf_finetune.hardware import cpu_model, cpu_only_launch
 from hf_finetune.publish.hub import check_push_possible, push_to_hub
 from hf_finetune.tasks.metrics import summary_line
 from hf_finetune.model.create import save_classifier, unwrap
@@ -40,8 +41,10 @@ logger = logging.getLogger(__name__)
 def finetune(config: FinetuneConfig) -> dict:
     """Fine-tune, save the model and metrics in config.output_dir, and return the final metrics."""
     config.validate()
-    if config.push_to_hub:
-        check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
+    if config.push_to_hub:  # a missing token fails now, before the data and the training, on the main process alone
+        from accelerate import PartialState  # the Accelerator created later shares it
+
+        main_process_checks(PartialState(cpu=cpu_only_launch()), partial(check_push_possible, config.push_to_hub))
     parts = create_training_parts(config)
     if parts.data.task == "multi-label":  # until the task object lands (issue 21): the integrator replaces this
         raise UserError(f"multi-label training lands with the task object; this data is multi-label "

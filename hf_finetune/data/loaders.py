@@ -11,6 +11,7 @@ normalization happen once per batch on its device, in the training step (Normali
 
 from __future__ import annotations
 
+import signal
 from functools import partial
 from typing import Callable, Optional
 
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hf_finetune.data.sources import ImageData
-from hf_finetune.hardware import available_cpus, one_thread
+from hf_finetune.hardware import cores_per_process, one_thread
 from hf_finetune.data.images import ImageSettings, decode_for_model
 from hf_finetune.data.sampling import EpochShuffleSampler, SeededAugmentation
 
@@ -88,8 +89,9 @@ def default_num_workers(num_processes: int) -> int:
     """With a GPU the CPU only feeds it: every core a process has, up to 8, loads. On the CPU the training
     step already keeps every core busy and a worker steals cycles from its threads (measured on 2 cores:
     0 workers trains fastest, see BENCHMARKS.md), while loading from the cache costs ~1 ms per image, a
-    few percent of a step: no workers below 8 cores per process, then one per 8 (an estimate, unmeasured)."""
-    cores = available_cpus() // num_processes
+    few percent of a step: no workers below 8 cores per process, then one per 8 (an estimate, unmeasured).
+    `num_processes` is the launch's; the cores are shared by the processes on this machine only."""
+    cores = cores_per_process(num_processes)
     return min(8, cores if torch.cuda.is_available() else cores // 8)
 
 
@@ -115,6 +117,15 @@ class ImageSamples(Dataset):
             return {"pixel_values": self.transform(torch.from_numpy(pixels).permute(2, 0, 1)), "label": row["label"]}
 
 
+def leave_sigterm_to_the_main_process(worker_id: int) -> None:
+    """Every loader's worker_init_fn. SLURM and Kubernetes send SIGTERM to the whole process group, workers
+    included, and torch's worker handler then dies of it: the main process stopped at its next batch with
+    "DataLoader worker is killed by signal: Terminated" instead of saving its preemption checkpoint. Ignored
+    here, the signal is the main process's alone (train.guard.StopGuard): it finishes the step, saves and exits,
+    and torch shuts the workers down; they still leave with a killed main process (torch's parent watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size: int, num_workers: Optional[int],
                        num_processes: int = 1, seed: int = 0,
                        auto_augment: Optional[str] = None) -> tuple[DataLoader, DataLoader]:
@@ -125,7 +136,7 @@ def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size:
     workers = default_num_workers(num_processes) if num_workers is None else num_workers
     # torch's default collate: it stacks the uint8 crops straight into shared memory in a worker process.
     common = dict(batch_size=per_device_batch_size, num_workers=workers, persistent_workers=workers > 0,
-                  pin_memory=torch.cuda.is_available())
+                  pin_memory=torch.cuda.is_available(), worker_init_fn=leave_sigterm_to_the_main_process)
     train = ImageSamples(data.train, train_transform, settings)
     evaluation = ImageSamples(data.eval, eval_transform, settings)
     # Order and augmentation depend on (seed, epoch, index) only: see sampling.py.
@@ -139,4 +150,5 @@ def create_eval_loader(dataset, model: nn.Module, per_device_batch_size: int, nu
     settings = ImageSettings.from_model(model)
     workers = default_num_workers(num_processes) if num_workers is None else num_workers
     return DataLoader(ImageSamples(dataset, create_transforms(settings)[1], settings), batch_size=per_device_batch_size,
-                      shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())
+                      shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=leave_sigterm_to_the_main_process)

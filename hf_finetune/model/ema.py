@@ -3,7 +3,9 @@
 The decay warms up (timm's `use_warmup`: 1 - (1 + updates)^-2/3, capped at --ema-decay), so a fine-tune of a
 few hundred updates still averages over a useful window instead of staying at its first weights. The update
 count passed to timm is the schedule's, which a checkpoint restores: a resumed run averages exactly as an
-uninterrupted one. Every process holds its own copy; they stay identical because DDP keeps the weights so.
+uninterrupted one. Every process holds its own copy. Its weights stay identical because DDP keeps the model's
+so; its BatchNorm statistics do not where they are trained (each rank averages its own batches' statistics), so
+before each evaluation every rank takes rank 0's, the copy that checkpoints save (`share_ema_statistics`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ def update_ema(ema, model: torch.nn.Module, scheduler) -> None:
     """After an optimizer update: move the average towards the new weights (nothing without --model-ema)."""
     if ema is not None:
         ema.update(unwrap(model), step=optimizer_updates(scheduler))
+
+
+def share_ema_statistics(ema, num_processes: int) -> None:
+    """Give every process rank 0's EMA BatchNorm statistics (timm's distribute_bn, as timm's train.py does for its
+    EMA): then the EMA all ranks evaluate together is the one saved. A broadcast, not timm's average: rank 0's
+    copy never depends on the others', so a run resumed from a checkpoint (rank 0's EMA) scores as an
+    uninterrupted one."""
+    if ema is not None and num_processes > 1:
+        from timm.utils import distribute_bn
+
+        distribute_bn(ema.module, num_processes, reduce=False)
 
 
 def optimizer_updates(scheduler) -> int:

@@ -57,6 +57,25 @@ def leave_together(accelerator) -> None:
         accelerator.wait_for_everyone()
 
 
+def main_process_checks(state, check: Callable[[], None]) -> None:
+    """`check()` on the main process only, for what only it needs (the Hub token: only it pushes, so the other
+    machines need no login). Its UserError reaches every process (Accelerate's `state`: the Accelerator or a
+    PartialState) and is raised there too, so all exit with the same one line; none waits for a partner that left."""
+    from accelerate.utils import broadcast_object_list
+
+    failure = [None]
+    if state.is_main_process:
+        try:
+            check()
+        except UserError as error:
+            failure = [str(error)]
+    if state.num_processes > 1:
+        broadcast_object_list(failure)
+    if failure[0] is not None:
+        leave_together(state)
+        raise UserError(failure[0])
+
+
 def node_main_first(accelerator, work: Callable[[], Result]) -> Result:
     """`work()` on each machine's local main process, then on its other processes, which load what it cached
     on that machine's disk (Accelerate's local_main_process_first: no shared filesystem is assumed). A

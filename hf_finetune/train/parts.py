@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -19,7 +18,7 @@ from hf_finetune.model.ema import create_ema
 from hf_finetune.errors import UserError
 from hf_finetune.model.freezing import backbone_parameters, count_parameters, parameters_to_freeze, set_requires_grad
 from hf_finetune.train.guard import node_main_first
-from hf_finetune.hardware import Precision, machine_precision
+from hf_finetune.hardware import Precision, cpu_only_launch, machine_precision
 from hf_finetune.data.loaders import Normalize, create_dataloaders, create_eval_loader, create_normalize
 from hf_finetune.model.create import SourceModel, create_classifier
 from hf_finetune.tasks.objective import TrainingObjective, create_objective
@@ -56,10 +55,8 @@ def create_accelerator(config: FinetuneConfig, precision: Precision):
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     report_to = [name.strip() for name in config.report_to.split(",") if name.strip() not in ("", "none")]
-    # Launched by torch.distributed.run without a GPU, Accelerate only picks gloo when told it runs on CPU.
-    multi_process_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
-        cpu=multi_process_cpu,
+        cpu=cpu_only_launch(),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         dynamo_backend="inductor" if config.compile else None,
         mixed_precision=precision.mixed_precision,

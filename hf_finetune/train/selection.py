@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 
 from hf_finetune.train.checkpoints import TrainingProgress, checkpoints_dir, fsync_tree, remove_checkpoint
 from hf_finetune.config import SELECT_METRICS
-from hf_finetune.model.ema import ema_state
+from hf_finetune.model.ema import ema_state, share_ema_statistics
 from hf_finetune.train.engine import evaluate
 from hf_finetune.errors import UserError
 from hf_finetune.model.create import unwrap
@@ -31,9 +31,11 @@ BEST_PREFIX = "best-epoch-"
 
 
 def evaluate_candidates(parts: TrainingParts) -> dict[str, dict]:
-    """{"trained": metrics, "ema": metrics with --model-ema}: each `engine.evaluate` on the eval split."""
+    """{"trained": metrics, "ema": metrics with --model-ema}: each `engine.evaluate` on the eval split, the EMA's
+    with rank 0's statistics on every process (the saved EMA)."""
     results = {"trained": evaluate(parts)}
     if parts.ema is not None:
+        share_ema_statistics(parts.ema, parts.accelerator.num_processes)
         results["ema"] = evaluate(parts, model=parts.ema.module)
     return results
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import REPO_ROOT, make_image_folder, run_script
 from finished_run import make_finished_run
+from hub_server import free_port
 
 from hf_finetune.publish import hub as hub_module
 from hf_finetune.publish.card import write_model_card
@@ -163,3 +168,58 @@ def test_an_unreachable_hub_is_retried_then_one_line_and_exit_2(hub_env, tmp_pat
     assert result.stderr.strip().splitlines()[-1].startswith("error: could not create the Hub repo tester/push-offline "
                                                              "after 5 attempts")
     assert digests(run) == before
+
+
+def _two_nodes_pushing(tmp_path: Path, hub, repo_id: str, logged_in_node: int) -> list[tuple[int, str, str]]:
+    """Two machines (two torchrun agents, one process each), each with its own HF_HOME, as logins are per
+    machine: only `logged_in_node` has a token (`hf auth login` writes HF_HOME/token). (returncode, out, err)."""
+    photos = make_image_folder(tmp_path / "photos", per_class=(8, 4))
+    port, agents = free_port(), []
+    for node in (0, 1):
+        home = tmp_path / f"node{node}" / "hf_home"
+        home.mkdir(parents=True)
+        if node == logged_in_node:
+            (home / "token").write_text("hf_test_token")
+        env = {key: value for key, value in os.environ.items() if key not in ("HF_TOKEN", "HF_TOKEN_PATH")}
+        env.update(HF_HOME=str(home), HF_ENDPOINT=hub.url)
+        agents.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node-rank",
+             str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+             str(REPO_ROOT / "scripts" / "finetune.py"), "--data-dir", str(photos), "--model", "test_resnet",
+             "--no-pretrained", "--img-size", "32", "--batch-size", "8", "--num-workers", "0", "--epochs", "1",
+             "--output-dir", str(tmp_path / f"node{node}" / "out"), "--push-to-hub", repo_id],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True))
+    try:
+        outputs = [agent.communicate(timeout=420) for agent in agents]
+    except subprocess.TimeoutExpired:  # a machine waiting for one that left: stop both launches, and fail
+        for agent in agents:
+            os.killpg(agent.pid, signal.SIGKILL)
+        raise
+    return [(agent.returncode, out, err) for agent, (out, err) in zip(agents, outputs)]
+
+
+def test_only_the_main_process_needs_a_token_in_a_two_node_launch(hub, tmp_path):
+    """The main process alone pushes: the second machine needs no login."""
+    (code0, out0, err0), (code1, out1, err1) = _two_nodes_pushing(tmp_path, hub, "tester/two-nodes", logged_in_node=0)
+    assert code0 == code1 == 0, f"node 0:\n{err0[-3000:]}\nnode 1:\n{err1[-3000:]}"
+    assert out0.count("pushed: ") == 1 and "pushed" not in out1
+    assert "model.safetensors" in hub.files("tester/two-nodes")
+
+
+def test_a_main_process_without_a_token_stops_every_machine_with_the_same_line(hub, tmp_path):
+    """Checked before the data is loaded, on the main process; its verdict reaches the other machine, which
+    exits with the same one line instead of hanging or dying in a collective."""
+    (code0, _, err0), (code1, _, err1) = _two_nodes_pushing(tmp_path, hub, "tester/no-token", logged_in_node=1)
+    for code, err in ((code0, err0), (code1, err1)):
+        assert code != 0 and "exitcode  : 2" in err, err[-3000:]
+        assert err.count("error: no Hugging Face token") == 1 and "Traceback" not in err.split("error: ")[0], err
+    assert not (tmp_path / "node0" / "out" / "run_config.json").exists()
+
+
+def test_one_process_without_a_token_stops_before_the_data_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    result = run_script("finetune.py", "--data-dir", make_image_folder(tmp_path / "photos"), "--model", "test_resnet",
+                        "--no-pretrained", "--output-dir", out, "--push-to-hub", "tester/none", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no Hugging Face token: set HF_TOKEN")
+    assert not out.exists()

@@ -34,21 +34,27 @@ def _args(photos, out, *extra, workers=0):
             "--num-workers", str(workers), "--img-size", "64", "--output-dir", str(out), *map(str, extra)]
 
 
-def _start(argv, launcher=(sys.executable,)):
+def _start(argv, launcher=(sys.executable,), new_session=False):
     # TQDM_MININTERVAL=0: the progress bar shows every batch, so _signal_when_progress sees the count it waits
     # for even when a whole epoch takes less than tqdm's default 0.1 s between refreshes (seen on a fast idle CPU).
+    # new_session: the run leads its own process group, as a job under SLURM or in a container does.
     return subprocess.Popen([*launcher, SCRIPT, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "0"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "0"},
+                            start_new_session=new_session)
 
 
-def _signal_when_progress(process, batches: int, sig=signal.SIGTERM, target_pid=None) -> str:
-    """Send `sig` once the progress bar shows `batches` done in epoch 1; return everything stderr said."""
+def _signal_when_progress(process, batches: int, sig=signal.SIGTERM, target_pid=None, group=False) -> str:
+    """Send `sig` once the progress bar shows `batches` done in epoch 1 (to the process's whole group with
+    `group`, as SLURM and Kubernetes do); return everything stderr said."""
     seen = ""
     while process.poll() is None:
         seen += process.stderr.read(1)
         progress = re.findall(r"epoch 1:\s+\d+%\|[^|]*\|\s*(\d+)/", seen)
         if progress and int(progress[-1]) >= batches:
-            os.kill(target_pid or process.pid, sig)
+            if group:
+                os.killpg(os.getpgid(process.pid), sig)
+            else:
+                os.kill(target_pid or process.pid, sig)
             break
     out, err = process.communicate(timeout=300)
     return seen + err
@@ -104,6 +110,36 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_identical(photos, tmp_path, wo
     assert "resumed from" in result.stdout
     _same_state(list_checkpoints(tmp_path / "straight")[-1], list_checkpoints(tmp_path / "resumed")[-1])
     _same_history(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_resumes(photos, tmp_path):
+    """SLURM and Kubernetes signal every process of the job, DataLoader workers too: the workers must outlive
+    it, so that the main process finishes its step, saves the checkpoint and exits 75."""
+    argv = _args(photos, tmp_path / "out", "--epochs", "1", "--batch-size", "2", workers=2)
+    interrupted = _start(argv, new_session=True)
+    stderr = _signal_when_progress(interrupted, batches=3, group=True)
+    assert interrupted.returncode == 75, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    [checkpoint] = list_checkpoints(tmp_path / "out")
+    assert re.match(r"epoch-0000-step-0000(0[3-9]|1\d|2[0-3])$", checkpoint.name), checkpoint.name
+    result = run_script("finetune.py", *argv)
+    assert "resumed from" in result.stdout and checkpoint.name in result.stdout
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["history"][0]["train_count"] == 48
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_jobs_process_group_saves_on_both_ranks_and_resumes(photos, tmp_path):
+    """The same under torchrun, as a SLURM job step runs it: agent, ranks and their workers all get SIGTERM (the
+    agent sends the ranks another, and exits 1 with its own SignalException: torchrun's, not ours)."""
+    argv = _args(photos, tmp_path / "out", "--epochs", "1", workers=2)
+    launcher = _start(argv, launcher=[*TORCHRUN, "2"], new_session=True)
+    stderr = _signal_when_progress(launcher, batches=2, group=True)
+    assert stderr.count("stopped by SIGTERM") == 2 and "DataLoader worker" not in stderr, stderr[-3000:]
+    [checkpoint] = list_checkpoints(tmp_path / "out")
+    assert checkpoint.name.startswith("epoch-0000-step-")
+    assert {p.name for p in checkpoint.glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
+    result = run_script("finetune.py", *argv, processes=2)
+    assert "resumed from" in result.stdout and checkpoint.name in result.stdout
 
 
 def test_sigterm_to_one_rank_stops_both_and_resume_matches(photos, tmp_path):

@@ -262,3 +262,22 @@ def test_selection_picks_the_better_weights_keeps_ties_and_counts_patience():
     assert _select(lower, 1, 0.5, select_metric="eval_loss") and lower.best["score"] == 0.5
     assert _select(lower, 2, 0.6, select_metric="eval_loss") and lower.best["score"] == pytest.approx(0.4)
 
+
+
+def test_two_process_ema_score_is_the_saved_emas_with_batchnorm_statistics_trained(tmp_path):
+    """The d2l recipe trains BatchNorm statistics, so each rank's EMA averages its own; the EMA score recorded for
+    an epoch must be that of the EMA weights the checkpoint saves (rank 0's), as one process scores them alone."""
+    photos = make_image_folder(tmp_path / "photos", per_class=(16, 5))
+    out = tmp_path / "out"
+    run_script("finetune.py", *_argv(photos, out, "--recipe", "d2l", "--epochs", "1", "--model-ema",
+                                     "--ema-decay", "0.5", "--keep-checkpoints", "1"), processes=2, timeout=600)
+    recorded = _metrics(out)["history"][0]
+    ema_model = tmp_path / "ema_model"
+    ema_model.mkdir()
+    (ema_model / "config.json").write_bytes((out / "config.json").read_bytes())
+    (ema_model / "model.safetensors").write_bytes((list_checkpoints(out)[-1] / "ema.safetensors").read_bytes())
+    run_script("evaluate.py", ema_model, photos / "val", "--batch-size", "4", "--output-dir", tmp_path / "ev")
+    alone = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert alone["count"] == recorded["ema_eval_count"] == 10
+    assert alone["loss"] == pytest.approx(recorded["ema_eval_loss"], rel=1e-6)
+    assert alone["accuracy"] == recorded["ema_eval_acc"]
