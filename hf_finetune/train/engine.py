@@ -30,7 +30,7 @@ class EpochStats:
     seconds: float
     examples_per_sec: float = 0.0  # of the batches this run trained: an epoch resumed mid-way counts its own part
     stopped_at_step: Optional[int] = None  # set when a SIGTERM stopped the epoch early
-    sums: list = field(default_factory=list)  # this process's [loss sum, correct, count], for a resume
+    sums: list = field(default_factory=list)  # the epoch's [loss sum, correct, count] so far, for a resume
 
 
 @dataclass
@@ -78,16 +78,23 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
         step += 1
         trained_here += len(labels)
         bar.update()
-        sums += torch.stack([loss.detach().double() * len(labels), (logits.argmax(1) == labels).sum().double(),
-                             torch.tensor(len(labels), dtype=torch.float64, device=sums.device)])
+        sums += _epoch_sums(accelerator, parts.objective.loss(logits.detach(), targets, reduction="none"),
+                            logits.detach().argmax(1) == labels)
         if stop == PREEMPTED and accelerator.sync_gradients and step < len(loader):
             bar.close()
             return EpochStats(0.0, 0.0, 0, time.perf_counter() - started, stopped_at_step=step, sums=sums.tolist())
     bar.close()
     seconds = time.perf_counter() - started
-    totals = torch.cat([sums, sums.new_tensor([trained_here])])
-    loss_sum, correct, count, trained = accelerator.reduce(totals, reduction="sum").tolist()
+    loss_sum, correct, count = sums.tolist()  # the same on every process: gathered each step
+    trained = accelerator.reduce(sums.new_tensor(trained_here), reduction="sum").item()
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), seconds, trained / seconds)
+
+
+def _epoch_sums(accelerator, losses: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """[loss sum, correct, count] of the batch over all processes, each image once: gather_for_metrics drops
+    the samples Accelerate repeats to pad the last batch (trained on, but not counted twice)."""
+    losses, correct = accelerator.gather_for_metrics((losses.double(), correct.double()))
+    return torch.stack([losses.sum(), correct.sum(), losses.new_tensor(len(losses))])
 
 
 def _batches_from(accelerator, loader, epoch: int, resume: Optional[ResumePoint]):

@@ -29,7 +29,7 @@ def _epoch(resume=None):
     model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(samples, batch_size=4))
     # The real prepared components, carried as a run's TrainingParts carries them.
     parts = SimpleNamespace(model=model, train_loader=loader, normalize=create_normalize(model), optimizer=optimizer,
-                            scheduler=scheduler, accelerator=accelerator, objective=TrainingObjective(2))
+                            scheduler=scheduler, accelerator=accelerator, objective=TrainingObjective(2), ema=None)
     with StopGuard() as guard:
         return train_one_epoch(parts, 1, guard, resume=resume)
 
