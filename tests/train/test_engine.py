@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from hf_finetune.train.engine import ResumePoint, train_one_epoch
 from hf_finetune.train.guard import StopGuard
 from hf_finetune.data.loaders import create_normalize
-from hf_finetune.tasks.objective import TrainingObjective
+from hf_finetune.tasks.single_label import SingleLabel
 from hf_finetune.train.rng import rng_state
 
 
@@ -29,7 +29,7 @@ def _epoch(resume=None):
     model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(samples, batch_size=4))
     # The real prepared components, carried as a run's TrainingParts carries them.
     parts = SimpleNamespace(model=model, train_loader=loader, normalize=create_normalize(model), optimizer=optimizer,
-                            scheduler=scheduler, accelerator=accelerator, objective=TrainingObjective(2), ema=None)
+                            scheduler=scheduler, accelerator=accelerator, task=SingleLabel(["even", "odd"]), ema=None)
     with StopGuard() as guard:
         return train_one_epoch(parts, 1, guard, resume=resume)
 
