@@ -10,16 +10,17 @@ from typing import Sequence
 from hf_finetune.errors import UserError
 from hf_finetune.tasks.base import Task
 
-SINGLE_LABEL = "single_label"
+SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
 
 
 def create_task(name: str, label_names: Sequence[str], config=None, train_labels=None) -> Task:
     """The task `name` over `label_names`. With the run's `config` (a FinetuneConfig) and the train split's
     labels it trains with the run's loss options (smoothing, class weights, Mixup/CutMix); without, it serves
     evaluation and prediction."""
+    from hf_finetune.tasks.multi_label import MultiLabel
     from hf_finetune.tasks.single_label import SingleLabel
 
-    tasks = {SINGLE_LABEL: SingleLabel}
+    tasks = {SINGLE_LABEL: SingleLabel, MULTI_LABEL: MultiLabel}
     if name not in tasks:
         raise UserError(f"task {name!r}: unknown; one of {', '.join(tasks)}")
     return tasks[name].create(label_names, config, train_labels)
@@ -30,4 +31,4 @@ def task_of_run(run: dict) -> Task:
     return create_task(run.get("task", SINGLE_LABEL), run["label_names"])
 
 
-__all__ = ["SINGLE_LABEL", "Task", "create_task", "task_of_run"]
+__all__ = ["MULTI_LABEL", "SINGLE_LABEL", "Task", "create_task", "task_of_run"]

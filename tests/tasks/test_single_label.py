@@ -30,7 +30,7 @@ def test_single_label_answers_everything_a_task_is_asked():
 
 
 def test_an_unknown_task_is_one_error_line():
-    with pytest.raises(UserError, match="task 'regression': unknown; one of single_label"):
+    with pytest.raises(UserError, match="task 'regression': unknown; one of single_label, multi_label"):
         create_task("regression", NAMES)
 
 
