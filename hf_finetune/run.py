@@ -24,16 +24,16 @@ from hf_finetune.model.freezing import frozen_batchnorms, set_requires_grad
 from hf_finetune.train.guard import PREEMPTED, StopGuard, leave_together, main_process_checks
 from hf_finetune.hardware import cpu_model, cpu_only_launch
 from hf_finetune.publish.hub import check_push_possible, push_to_hub
-from hf_finetune.tasks.metrics import summary_line
 from hf_finetune.model.create import save_classifier, unwrap
 from hf_finetune.model.optim import describe_learning_rates, describe_param_groups
 from hf_finetune.train.parts import TrainingParts, create_training_parts
 from hf_finetune.evaluate.plots import plot_confusion_matrix
 from hf_finetune.recipes import describe_recipe
+from hf_finetune.tasks import Task
 from hf_finetune.evaluate.report import library_versions, plot_training_curves, summary_lines
 from hf_finetune.train.resume import resume_training
-from hf_finetune.train.selection import (check_select_metric, eval_columns, evaluate_candidates, final_evaluation, prune_best,
-                        save_best, select_epoch)
+from hf_finetune.train.selection import (eval_columns, evaluate_candidates, final_evaluation, prune_best, save_best,
+                                         select_epoch)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def finetune(config: FinetuneConfig) -> dict:
     if parts.data.task == "multi-label":  # until the task object lands (issue 21): the integrator replaces this
         raise UserError(f"multi-label training lands with the task object; this data is multi-label "
                         f"({parts.data.task_reason}): until then, train on one label per image")
-    check_select_metric(config.select_metric, len(parts.data.label_names))
+    parts.task.check_select_metric(config.select_metric)
     progress, resume_point = resume_training(parts)
     if not progress.already_finished:
         record_start(parts)
@@ -79,7 +79,7 @@ def record_start(parts: TrainingParts) -> None:
     config, data, source = parts.config, parts.data, parts.source
     trainable, total = parts.parameter_counts
     groups = describe_param_groups(parts.optimizer)
-    class_weights = parts.objective.class_weights
+    class_weights = parts.task.class_weights
     weights = None if class_weights is None else dict(zip(data.label_names, class_weights.tolist()))
     run_config = {
         "config": config.to_dict(), "command": sys.argv,
@@ -88,7 +88,8 @@ def record_start(parts: TrainingParts) -> None:
         "data": {"name": data.name, "eval_split": data.eval_split, "train_size": len(data.train),
                  "eval_size": len(data.eval), "test_split": data.test_split,
                  "test_size": len(data.test) if data.test is not None else None},
-        "label_names": data.label_names, "label_matches": parts.reused_rows, "param_groups": groups,
+        "task": parts.task.name, "label_names": data.label_names, "label_matches": parts.reused_rows,
+        "param_groups": groups,
         "num_processes": parts.accelerator.num_processes, "per_device_batch_size": parts.per_device_batch_size,
         "mixed_precision": parts.precision.mixed_precision, "mixed_precision_reason": parts.precision.reason,
         "cpu": cpu_model(), "versions": library_versions(),
@@ -129,7 +130,7 @@ def run_epoch(parts: TrainingParts, progress: TrainingProgress, epoch: int, guar
     row = epoch_row(epoch, train, evaluation, parts.optimizer)
     progress.epoch, progress.step, progress.history = epoch, 0, progress.history + [row]
     accelerator.log({key: value for key, value in row.items() if isinstance(value, (int, float))}, step=epoch)
-    accelerator.print(epoch_line(row, evaluation, progress, improved))
+    accelerator.print(epoch_line(row, evaluation, progress, improved, parts.task))
     if improved and not config.save_last:
         save_best(parts, progress)  # before the checkpoint that names it, removed after the next one (selection.py)
     save_checkpoint(parts, progress)
@@ -153,13 +154,13 @@ def epoch_row(epoch: int, train: EpochStats, evaluation: dict[str, dict], optimi
     return row
 
 
-def epoch_line(row: dict, evaluation: dict[str, dict], progress: TrainingProgress, improved: bool) -> str:
+def epoch_line(row: dict, evaluation: dict[str, dict], progress: TrainingProgress, improved: bool, task: Task) -> str:
     """The epoch's one line: the chapter's three numbers, then the eval metrics of each set of weights."""
     line = (f"epoch {row['epoch']}: loss {row['train_loss']:.3f}, train acc {row['train_acc']:.3f}, "
             f"test acc {row['eval_acc']:.3f} ({row['eval_count']} eval images) | "
-            + summary_line(evaluation["trained"]))
+            + task.summary_line(evaluation["trained"]))
     if "ema" in evaluation:
-        line += " | EMA: " + summary_line(evaluation["ema"])
+        line += " | EMA: " + task.summary_line(evaluation["ema"])
     return line + (f" | best ({progress.best['weights']})" if improved else "")
 
 
@@ -189,7 +190,7 @@ def finish(parts: TrainingParts, progress: TrainingProgress) -> dict:
             metrics = [final_metrics(progress.history, report, devices, accelerator.num_processes,
                                      len(parts.data.bad_files))]
             save_results(parts, metrics[0])
-        for line in summary_lines(metrics[0]["final"], metrics[0]["devices"]) + selection_lines(metrics[0]):
+        for line in summary_lines(metrics[0]["final"], metrics[0]["devices"]) + selection_lines(metrics[0], parts.task):
             accelerator.print(line)
     if accelerator.num_processes > 1:
         broadcast_object_list(metrics)
@@ -210,14 +211,14 @@ def final_metrics(history: list[dict], report: dict, devices: list[str], num_pro
             "num_processes": num_processes, "bad_files": bad_files}
 
 
-def selection_lines(metrics: dict) -> list[str]:
+def selection_lines(metrics: dict, task: Task) -> list[str]:
     """What was saved, and its numbers on each evaluated split."""
     report = metrics.get("selected")
     if not report:
         return []
     selected = report["selected"]
     lines = [f"saved: epoch {selected['epoch']}, {selected['weights']} weights ({selected['rule']})"]
-    return lines + [f"{split.replace('_tta', ' +flip TTA')}: {summary_line(report[split])}"
+    return lines + [f"{split.replace('_tta', ' +flip TTA')}: {task.summary_line(report[split])}"
                     for split in ("eval", "eval_tta", "test", "test_tta") if split in report]
 
 

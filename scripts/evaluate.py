@@ -48,7 +48,7 @@ def main() -> None:
     write_json(args.output_dir / "metrics.json", result)
     plot_confusion_matrix(result["confusion_matrix"], result["label_names"], args.output_dir / "confusion_matrix.png")
     plot_mistake_grid(result["mistakes"], classifier, args.output_dir / "mistakes.png")
-    print(describe(result))
+    print(describe(result, classifier.task))
     print(f"written to {args.output_dir}: metrics.json, confusion_matrix.png, mistakes.png")
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_finetune.train.engine import evaluate  # noqa: E402
 from hf_finetune.data.loaders import create_normalize  # noqa: E402
+from hf_finetune.tasks.single_label import SingleLabel  # noqa: E402
 
 NAMES = ["a", "b", "c", "d", "e", "f"]
 
@@ -34,8 +35,8 @@ def main() -> None:
     normalize = create_normalize(model)  # from the bare model's data config, as parts.py does before prepare
     accelerator = Accelerator(cpu=True)
     model, loader = accelerator.prepare(model, DataLoader(samples, batch_size=4))
-    parts = SimpleNamespace(model=model, eval_loader=loader, normalize=normalize,
-                            accelerator=accelerator, data=SimpleNamespace(label_names=NAMES))
+    parts = SimpleNamespace(model=model, eval_loader=loader, normalize=normalize, accelerator=accelerator,
+                            task=SingleLabel(NAMES))
     metrics = {"plain": evaluate(parts), "tta": evaluate(parts, tta=True)}
     for result in metrics.values():
         del result["seconds"]

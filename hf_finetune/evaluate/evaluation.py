@@ -1,8 +1,8 @@
 """Evaluate a saved model (a run's output folder or a Hub id) on a class-per-folder tree, as training evaluates.
 
 Images are decoded and cropped by `preprocess.EvalPreprocess` (training's eval decode and transform), scored
-with `metrics.ClassificationMetrics` (training's metrics), optionally with flip TTA, so a run's selected-epoch
-numbers are reproduced. Unreadable images are reported, skipped and counted.
+with the model's task (its losses, metrics and TTA merge, as training scores them), optionally with flip TTA,
+so a run's selected-epoch numbers are reproduced. Unreadable images are reported, skipped and counted.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from hf_finetune.serve.batch_predict import Failure, TorchRunner, crop_or_failure, is_image_name
 from hf_finetune.config import EVAL_SPLIT_NAMES
 from hf_finetune.errors import UserError
 from hf_finetune.hardware import available_cpus, one_thread
-from hf_finetune.tasks.metrics import ClassificationMetrics
 from hf_finetune.serve.predict import Classifier
 
 SPLIT_FOLDERS = ("train", *EVAL_SPLIT_NAMES)
@@ -49,14 +47,15 @@ def find_labelled_images(data: Path, label_names: list[str]) -> tuple[str, list[
 
 def evaluate_folder(classifier: Classifier, data: Path, tta: bool = False, batch_size: int = 32,
                     mistakes: int = 16, mixed_precision: str = "no") -> dict:
-    """metrics.ClassificationMetrics' result on DATA, plus "split", "tta", "unreadable" ([{path, reason}]) and
+    """The task's metrics on DATA, plus "split", "tta", "unreadable" ([{path, reason}]) and
     "mistakes" ([{path, true, predicted, probability}] most confident first). `mixed_precision` "bf16"/"fp16":
     the forward under that autocast, as a run with that precision evaluated (its run_config.json says which)."""
     runner = TorchRunner(classifier)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     autocast = torch.autocast(runner.device.type, dtype=dtype, enabled=dtype is not None)
     split, images = find_labelled_images(Path(data), runner.label_names)
-    metrics = ClassificationMetrics(len(runner.label_names), runner.label_names)
+    task = runner.task
+    metrics = task.create_metrics()
     unreadable, kept, probabilities = [], [], []
     with ThreadPoolExecutor(available_cpus()) as pool:
         for start in range(0, len(images), batch_size):
@@ -70,26 +69,24 @@ def evaluate_folder(classifier: Classifier, data: Path, tta: bool = False, batch
             batch, labels = torch.stack([crop for _, crop in good]), torch.tensor([label for (_, label), _ in good])
             with autocast:
                 logits = runner.logits(batch)
-                if tta:  # as tta.flip_tta_logits: the mean of the image's and its mirror's logits
-                    logits = (logits + runner.logits(batch.flip(-1))) / 2
-            metrics.update(logits, labels, F.cross_entropy(logits, labels, reduction="none"))
+                if tta:  # as tta.flip_tta_logits
+                    logits = task.merge_tta(logits, runner.logits(batch.flip(-1)))
+            metrics.update(logits, labels, task.eval_losses(logits, labels))
             kept += [item for item, _ in good]
-            probabilities.append(logits.softmax(dim=-1))
+            probabilities.append(task.probabilities(logits))
     if not kept:
         raise UserError(f"{data}: none of the {len(images)} images could be read")
     return {**metrics.compute(), "split": split, "tta": "flip" if tta else "none", "mixed_precision": mixed_precision,
             "unreadable": unreadable,
-            "mistakes": _mistakes(kept, torch.cat(probabilities), runner.label_names, mistakes)}
+            "mistakes": _mistakes(kept, torch.cat(probabilities), task, mistakes)}
 
 
-def _mistakes(kept: list[tuple[str, int]], probabilities: torch.Tensor, label_names: list[str], k: int) -> list:
-    from hf_finetune.evaluate.mistakes import most_confident_mistakes
-
+def _mistakes(kept: list[tuple[str, int]], probabilities: torch.Tensor, task, k: int) -> list:
     labels = torch.tensor([label for _, label in kept])
-    confidence, predicted = probabilities.max(dim=1)
-    return [{"path": kept[index][0], "true": label_names[kept[index][1]],
-             "predicted": label_names[int(predicted[index])], "probability": float(confidence[index])}
-            for index in most_confident_mistakes(probabilities, labels, k)]
+    names = task.label_names
+    return [{"path": kept[index][0], "true": names[kept[index][1]], "predicted": names[predicted],
+             "probability": probability}
+            for index, predicted, probability in task.confident_mistakes(probabilities, labels, k)]
 
 
 def plot_mistake_grid(mistakes: list[dict], classifier: Classifier, path: Path) -> None:
@@ -101,9 +98,7 @@ def plot_mistake_grid(mistakes: list[dict], classifier: Classifier, path: Path) 
                   [m["probability"] for m in mistakes], path)
 
 
-def describe(result: dict, unreadable: Optional[int] = None) -> str:
-    from hf_finetune.tasks.metrics import summary_line
-
+def describe(result: dict, task, unreadable: Optional[int] = None) -> str:
     skipped = len(result["unreadable"]) if unreadable is None else unreadable
     return (f"{result['split']}: {result['count']} images{' (+flip TTA)' if result['tta'] == 'flip' else ''}: "
-            f"{summary_line(result)}" + (f"; {skipped} unreadable image(s) skipped" if skipped else ""))
+            f"{task.summary_line(result)}" + (f"; {skipped} unreadable image(s) skipped" if skipped else ""))

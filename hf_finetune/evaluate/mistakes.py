@@ -1,5 +1,5 @@
 """The most confident mistakes as a grid of photos (fastai's plot_top_losses): what the model gets wrong, and
-how sure it was."""
+how sure it was. Which mistakes, the task decides (`Task.confident_mistakes`)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-
-
-def most_confident_mistakes(probabilities, labels, k: int = 16) -> list[int]:
-    """Indices of the (at most) k misclassified samples whose predicted class had the highest probability.
-
-    `probabilities` [samples, classes] (softmax of the logits), `labels` [samples]. Ties go to the lower index.
-    """
-    probabilities, labels = torch.as_tensor(probabilities), torch.as_tensor(labels).reshape(-1)
-    confidence, predicted = probabilities.max(dim=1)
-    wrong = torch.nonzero(predicted != labels).reshape(-1).tolist()
-    confidence = confidence.tolist()
-    return sorted(wrong, key=lambda index: (-confidence[index], index))[:k]
 
 
 def plot_mistakes(images: Sequence[np.ndarray], true_names: Sequence[str], predicted_names: Sequence[str],

@@ -13,7 +13,7 @@ import sysconfig
 from pathlib import Path
 from typing import Optional
 
-from hf_finetune.publish.card_results import METRIC_IDS, eval_results, results_context, table_cell
+from hf_finetune.publish.card_results import eval_results, metric_ids, results_context, table_cell
 from hf_finetune.errors import UserError
 from hf_finetune.files import write_text
 from hf_finetune.recipes import recipe_card_rows
@@ -59,7 +59,7 @@ def _card_data(run: dict, metrics: dict, repo_id: str):
         license=license if pretrained else None,
         base_model=source.get("hub_id") if pretrained else None,
         datasets=[hub_dataset] if hub_dataset else None,
-        metrics=METRIC_IDS if metrics.get("selected") else ["accuracy"],
+        metrics=metric_ids(run, metrics),
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results(run, metrics, dict(dataset_type=hub_dataset or "imagefolder",
                                                      dataset_name=_dataset_name(run),

@@ -1,20 +1,24 @@
 """The card's results: model-index EvalResults and the body's tables, from metrics.json's "selected" report.
 
-Each reported split (the eval split that chose the epoch, and a test split when the data has one) gets its
-accuracy, macro-F1 and, with at least 5 classes, top-5 accuracy in the YAML model-index; the body shows the
-same numbers (with and without flip TTA), per class, and says how the weights were selected. A run recorded
-before model selection (no "selected" report) keeps its single accuracy.
+Each reported split (the eval split that chose the epoch, and a test split when the data has one) gets the
+run's task's metrics in the YAML model-index (`Task.card_metrics`: for single-label, accuracy, macro-F1 and,
+with at least 5 classes, top-5 accuracy); the body shows the task's rows (`Task.card_rows`, with and without
+flip TTA), per class, and says how the weights were selected. A run recorded before model selection (no
+"selected" report) keeps its single accuracy.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+from hf_finetune.tasks import task_of_run
+
 SPLIT_KEYS = ("eval", "test")  # metrics.json "selected" keys, in the order the card lists them
-# (metrics key, model-index metric type, display name, metric args)
-REPORTED = (("accuracy", "accuracy", "Accuracy", None), ("macro_f1", "f1", "Macro F1", {"average": "macro"}),
-            ("top5", "accuracy", "Top-5 Accuracy", {"k": 5}))
-METRIC_IDS = ["accuracy", "f1"]  # the card's `metrics`: Hub metric ids of what the model-index reports
+
+
+def metric_ids(run: dict, metrics: dict) -> list[str]:
+    """The card's `metrics`: Hub metric ids of what the model-index reports."""
+    return task_of_run(run).card_metric_ids if metrics.get("selected") else ["accuracy"]
 
 
 def split_names(run: dict) -> dict[str, str]:
@@ -34,7 +38,7 @@ def eval_results(run: dict, metrics: dict, dataset: dict) -> list:
     return [EvalResult(**common, dataset_split=names[split], metric_type=kind, metric_name=title,
                        metric_value=report[split][key], metric_args=args)
             for split in SPLIT_KEYS if split in report
-            for key, kind, title, args in REPORTED if report[split].get(key) is not None]
+            for key, kind, title, args in task_of_run(run).card_metrics if report[split].get(key) is not None]
 
 
 def results_context(run: dict, metrics: dict) -> dict:
@@ -46,8 +50,7 @@ def results_context(run: dict, metrics: dict) -> dict:
     columns = [(split, names[split] + (" + flip TTA" if tta else "")) for split in SPLIT_KEYS
                for tta in (False, True) if split + ("_tta" if tta else "") in report]
     rows = []
-    for key, title in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
-                       ("top5", "top-5 accuracy"), ("loss", "loss"), ("count", "images")):
+    for key, title in task_of_run(run).card_rows:
         values = [_value(report[split + ("_tta" if "TTA" in name else "")].get(key)) for split, name in columns]
         if any(values):
             rows.append([title] + values)

@@ -18,8 +18,9 @@ import torch
 from hf_finetune.data.sources import IMAGE_EXTENSIONS
 from hf_finetune.hardware import available_cpus, one_thread
 from hf_finetune.data.images import BadImageError
-from hf_finetune.serve.predict import Classifier, top_labels
+from hf_finetune.serve.predict import Classifier
 from hf_finetune.serve.preprocess import EvalPreprocess
+from hf_finetune.tasks import Task
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Failure:
 @dataclass
 class Prediction:
     path: str
-    top: list[tuple[str, float]]  # (label, probability), most likely first
+    top: list[tuple[str, float]]  # (label, score), most likely first: the task's top_labels
 
 
 @dataclass
@@ -51,6 +52,10 @@ class TorchRunner:
     @property
     def label_names(self) -> list[str]:
         return self.classifier.label_names
+
+    @property
+    def task(self) -> Task:
+        return self.classifier.task
 
     def logits(self, crops: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -117,9 +122,9 @@ def crop_or_failure(transform: EvalPreprocess, path: str):
 def _classify(runner, crops: list[torch.Tensor], top_k: int, tta: Optional[str]) -> list[list[tuple[str, float]]]:
     batch = torch.stack(crops)
     logits = runner.logits(batch)
-    if tta == "flip":  # the mean of the logits of the image and of its mirror image
-        logits = (logits + runner.logits(batch.flip(-1))) / 2
-    return top_labels(logits, runner.label_names, top_k)
+    if tta == "flip":  # as tta.flip_tta_logits
+        logits = runner.task.merge_tta(logits, runner.logits(batch.flip(-1)))
+    return runner.task.top_labels(logits, top_k)
 
 
 def write_predictions(path: Path, predictions: list[Prediction], top_k: int) -> None:

@@ -17,6 +17,7 @@ import torch
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.images import ImageSettings
 from hf_finetune.serve.preprocess import EvalPreprocess
+from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
 
 ONNX_FILE, PREPROCESSOR_FILE = "model.onnx", "preprocessor.json"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
@@ -73,6 +74,10 @@ class OnnxClassifier:
     transform: EvalPreprocess
     label_names: list[str]
     input_name: str = INPUT_NAME
+
+    @property
+    def task(self) -> Task:
+        return create_task(SINGLE_LABEL, self.label_names)  # an export records no task yet: all are single-label
 
     def logits(self, crops: torch.Tensor) -> torch.Tensor:
         """Logits of a batch of uint8 eval crops (NCHW), computed by onnxruntime."""

@@ -13,6 +13,7 @@ from hf_finetune.errors import UserError, first_line
 from hf_finetune.hardware import one_thread
 from hf_finetune.data.images import BadImageError
 from hf_finetune.serve.preprocess import EvalPreprocess, ImageInput
+from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Classifier:
     # transform(image) is one image's float input, transform.crop / transform.normalize the batched steps.
     transform: EvalPreprocess
     label_names: list[str]
+    task: Task  # its activation and decision rule: what a prediction reports
 
 
 def timm_model_name(name_or_path: Union[str, Path]) -> str:
@@ -55,11 +57,14 @@ def load_classifier(name_or_path: Union[str, Path], cache_dir: Optional[Path] = 
     label_names = list(model.pretrained_cfg.get("label_names") or [])
     if len(label_names) != model.num_classes:
         label_names = [str(index) for index in range(model.num_classes)]  # a model saved without its labels
-    return Classifier(model=model, transform=EvalPreprocess.for_model(model), label_names=label_names)
+    # A saved model records no task yet: every model so far is single-label.
+    return Classifier(model=model, transform=EvalPreprocess.for_model(model), label_names=label_names,
+                      task=create_task(SINGLE_LABEL, label_names))
 
 
 def predict(classifier: Classifier, images: Sequence[ImageInput], top_k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each image (a path or a PIL image), the `top_k` (label, probability) pairs, most likely first."""
+    """For each image (a path or a PIL image), the `top_k` (label, score) pairs, most likely first (its task's
+    scores: softmax probabilities for a single-label model)."""
     if not images:
         return []
     with one_thread():
@@ -67,15 +72,7 @@ def predict(classifier: Classifier, images: Sequence[ImageInput], top_k: int = 5
     batch = classifier.transform.normalize(torch.stack(crops))
     with torch.no_grad():
         logits = classifier.model(batch)
-    return top_labels(logits, classifier.label_names, top_k)
-
-
-def top_labels(logits: torch.Tensor, label_names: list[str], top_k: int) -> list[list[tuple[str, float]]]:
-    """Per row of logits, the `top_k` (label, probability) pairs, most likely first."""
-    probabilities = torch.as_tensor(logits).float().softmax(dim=-1)
-    values, indices = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
-    return [[(label_names[index], float(value)) for value, index in zip(row_values, row_indices)]
-            for row_values, row_indices in zip(values.tolist(), indices.tolist())]
+    return classifier.task.top_labels(logits, top_k)
 
 
 def eval_crop(preprocess: EvalPreprocess, image: ImageInput) -> torch.Tensor:

@@ -59,11 +59,13 @@ class TrainingObjective:
                 np.random.set_state(state)
         return images, targets
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """torch's cross-entropy: class-index or soft targets, smoothed to (1 - s) target + s / classes, each
-        class's term times its weight (the mean over a batch of indices divides by the weights' sum)."""
+        class's term times its weight (the mean over a batch of indices divides by the weights' sum);
+        `reduction="none"`: each sample's weighted loss."""
         weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
-        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing,
+                               reduction=reduction)
 
 
 def create_objective(config, train_labels, num_classes: int) -> TrainingObjective:

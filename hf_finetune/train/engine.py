@@ -8,13 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hf_finetune.model.ema import update_ema
 from hf_finetune.errors import UserError
 from hf_finetune.train.guard import NON_FINITE, PREEMPTED, StopGuard, leave_together
-from hf_finetune.tasks.metrics import ClassificationMetrics
 from hf_finetune.train.rng import restore_rng_state
 from hf_finetune.tasks.tta import flip_tta_logits
 
@@ -30,7 +28,7 @@ class EpochStats:
     seconds: float
     examples_per_sec: float = 0.0  # of the batches this run trained: an epoch resumed mid-way counts its own part
     stopped_at_step: Optional[int] = None  # set when a SIGTERM stopped the epoch early
-    sums: list = field(default_factory=list)  # this process's [loss sum, correct, count], for a resume
+    sums: list = field(default_factory=list)  # the epoch's [loss sum, correct, count] so far, for a resume
 
 
 @dataclass
@@ -46,7 +44,7 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
                     resume: Optional[ResumePoint] = None) -> EpochStats:
     """One pass over parts.train_loader; a SIGTERM agreed by every process stops it early (stopped_at_step)."""
     model, loader, normalize, accelerator = parts.model, parts.train_loader, parts.normalize, parts.accelerator
-    optimizer, scheduler = parts.optimizer, parts.scheduler
+    optimizer, scheduler, task = parts.optimizer, parts.scheduler, parts.task
     model.train()
     for norm in frozen_norms:  # frozen blocks keep their pretrained BatchNorm statistics
         norm.eval()
@@ -58,12 +56,11 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
                leave=False)
     for batch in batches:
         labels = batch["label"]
-        # With Mixup/CutMix, train accuracy counts the mixed images' predictions against their unmixed labels.
-        images, targets = parts.objective.mix(normalize(batch["pixel_values"]), labels,
+        images, targets = task.training_batch(normalize(batch["pixel_values"]), labels,
                                               key=(epoch, step, accelerator.process_index))
         with accelerator.accumulate(model):
             logits = model(images)
-            loss = parts.objective.loss(logits, targets)
+            loss = task.loss(logits, targets)
             stop = guard.check(accelerator, loss)
             if stop == NON_FINITE:
                 leave_together(accelerator)
@@ -78,16 +75,23 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
         step += 1
         trained_here += len(labels)
         bar.update()
-        sums += torch.stack([loss.detach().double() * len(labels), (logits.argmax(1) == labels).sum().double(),
-                             torch.tensor(len(labels), dtype=torch.float64, device=sums.device)])
+        sums += _epoch_sums(accelerator, task.loss(logits.detach(), targets, reduction="none"),
+                            task.hits(logits.detach(), labels))
         if stop == PREEMPTED and accelerator.sync_gradients and step < len(loader):
             bar.close()
             return EpochStats(0.0, 0.0, 0, time.perf_counter() - started, stopped_at_step=step, sums=sums.tolist())
     bar.close()
     seconds = time.perf_counter() - started
-    totals = torch.cat([sums, sums.new_tensor([trained_here])])
-    loss_sum, correct, count, trained = accelerator.reduce(totals, reduction="sum").tolist()
+    loss_sum, correct, count = sums.tolist()  # the same on every process: gathered each step
+    trained = accelerator.reduce(sums.new_tensor(trained_here), reduction="sum").item()
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), seconds, trained / seconds)
+
+
+def _epoch_sums(accelerator, losses: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """[loss sum, correct, count] of the batch over all processes, each image once: gather_for_metrics drops
+    the samples Accelerate repeats to pad the last batch (trained on, but not counted twice)."""
+    losses, correct = accelerator.gather_for_metrics((losses.double(), correct.double()))
+    return torch.stack([losses.sum(), correct.sum(), losses.new_tensor(len(losses))])
 
 
 def _batches_from(accelerator, loader, epoch: int, resume: Optional[ResumePoint]):
@@ -109,24 +113,24 @@ def _batches_from(accelerator, loader, epoch: int, resume: Optional[ResumePoint]
 
 @torch.no_grad()
 def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, loader=None, tta: bool = False) -> dict:
-    """`metrics.ClassificationMetrics.compute()` of `model` (default the trained one; the EMA copy, the selected
-    weights) on `loader` (default the eval split), plus "seconds". Exact across processes: gather_for_metrics
-    gives every process every sample once (the last batch's padding dropped), and the metrics are computed
-    from counts and exactly rounded loss sums, so each process gets the same numbers as one process would.
-    `tta`: the mean logits of each image and its mirror (tta.flip_tta_logits)."""
+    """The task's metrics (`parts.task.create_metrics().compute()`) of `model` (default the trained one; the EMA
+    copy, the selected weights) on `loader` (default the eval split), plus "seconds". Exact across processes:
+    gather_for_metrics gives every process every sample once (the last batch's padding dropped), and the
+    metrics are computed from counts and exactly rounded loss sums, so each process gets the same numbers as
+    one process would. `tta`: the task's merge of the logits of each image and its mirror (tta.flip_tta_logits)."""
     # `is None`, not `or`: a DataLoader (and a Sequential) with length 0 is falsy.
     model = parts.model if model is None else model
     loader = parts.eval_loader if loader is None else loader
-    normalize, accelerator = parts.normalize, parts.accelerator
+    normalize, accelerator, task = parts.normalize, parts.accelerator, parts.task
     model.eval()
     started = time.perf_counter()
-    metrics = ClassificationMetrics(len(parts.data.label_names), parts.data.label_names)
+    metrics = task.create_metrics()
     for batch in loader:
         images, labels = normalize(batch["pixel_values"]), batch["label"]
         # Under the run's autocast whichever model it is: the EMA copy is not wrapped by accelerator.prepare.
         with accelerator.autocast():
-            logits = flip_tta_logits(model, images) if tta else model(images)
+            logits = flip_tta_logits(model, images, task.merge_tta) if tta else model(images)
         logits = logits.float()
-        losses = F.cross_entropy(logits, labels, reduction="none")
+        losses = task.eval_losses(logits, labels)
         metrics.update(*accelerator.gather_for_metrics((logits, labels, losses)))
     return {**metrics.compute(), "seconds": time.perf_counter() - started}

@@ -55,7 +55,7 @@ def find_lr(config, steps=None, start_lr: float = 1e-7, end_lr: float = 1.0) -> 
 
 
 def _sweep(parts, ratios: list[float], steps: int, start_lr: float, end_lr: float):
-    accelerator, model, optimizer, objective = parts.accelerator, parts.model, parts.optimizer, parts.objective
+    accelerator, model, optimizer, task = parts.accelerator, parts.model, parts.optimizer, parts.task
     lrs, losses, average, best, step, epoch = [], [], 0.0, math.inf, 0, 0
     while step < steps:
         epoch += 1
@@ -64,8 +64,9 @@ def _sweep(parts, ratios: list[float], steps: int, start_lr: float, end_lr: floa
             lr = start_lr * (end_lr / start_lr) ** (step / max(steps - 1, 1))
             for group, ratio in zip(optimizer.param_groups, ratios):
                 group["lr"] = lr * ratio
-            images, targets = objective.mix(parts.normalize(batch["pixel_values"]), batch["label"], key=(epoch, step))
-            loss = objective.loss(model(images), targets)
+            images, targets = task.training_batch(parts.normalize(batch["pixel_values"]), batch["label"],
+                                                  key=(epoch, step))
+            loss = task.loss(model(images), targets)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()

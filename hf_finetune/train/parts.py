@@ -21,7 +21,7 @@ from hf_finetune.train.guard import node_main_first
 from hf_finetune.hardware import Precision, cpu_only_launch, machine_precision
 from hf_finetune.data.loaders import Normalize, create_dataloaders, create_eval_loader, create_normalize
 from hf_finetune.model.create import SourceModel, create_classifier
-from hf_finetune.tasks.objective import TrainingObjective, create_objective
+from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
 from hf_finetune.model.optim import create_optimizer, create_param_groups, create_scheduler
 from hf_finetune.recipes import resolve_for_data, resolve_for_model
 from hf_finetune.model.reuse import reuse_classifier_rows
@@ -47,7 +47,7 @@ class TrainingParts:
     warmup_frozen: set = field(default_factory=set)  # backbone parameters frozen during the head warm-up
     ema: object = None  # timm ModelEmaV3 with --model-ema (ema.py)
     test_loader: object = None  # the test split's, when the data has one beside its eval split (data/sources.py)
-    objective: TrainingObjective = None  # the step's input mixing and loss (objective.py)
+    task: Task = None  # targets, loss, metrics, decisions (tasks/); with the run's loss options
 
 
 def create_accelerator(config: FinetuneConfig, precision: Precision):
@@ -103,7 +103,7 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
                                                 report=accelerator.is_main_process))
     train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
                                                    accelerator.num_processes, config.seed, config.auto_augment)
-    objective = create_objective(config, data.train["label"], len(data.label_names))
+    task = create_task(SINGLE_LABEL, data.label_names, config, data.train["label"])
     normalize = create_normalize(model)
     test_loader = (None if data.test is None else create_eval_loader(data.test, model, batch_per_device,
                                                                      config.num_workers, accelerator.num_processes))
@@ -124,7 +124,7 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
         identity["model_ema"] = True
     return TrainingParts(config, accelerator, precision, data, source, model, optimizer, scheduler, train_loader,
                          eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen,
-                         create_ema(model, config), test_loader, objective)
+                         create_ema(model, config), test_loader, task)
 
 
 def _create_model(config: FinetuneConfig, label_names: list[str]):

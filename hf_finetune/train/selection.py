@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from hf_finetune.train.checkpoints import TrainingProgress, checkpoints_dir, fsync_tree, remove_checkpoint
-from hf_finetune.config import SELECT_METRICS
 from hf_finetune.model.ema import ema_state, share_ema_statistics
 from hf_finetune.train.engine import evaluate
 from hf_finetune.errors import UserError
 from hf_finetune.model.create import unwrap
+from hf_finetune.tasks import Task
 
 if TYPE_CHECKING:
     from hf_finetune.train.parts import TrainingParts
@@ -40,23 +40,16 @@ def evaluate_candidates(parts: TrainingParts) -> dict[str, dict]:
     return results
 
 
-def check_select_metric(select_metric: str, num_classes: int) -> None:
-    """Refuse at the start, not after the first epoch, a metric these classes do not define."""
-    if SELECT_METRICS[select_metric][0] == "top5" and num_classes < 5:
-        raise UserError(f"--select-metric top5 needs at least 5 classes, the data has {num_classes}; "
-                        "use accuracy or eval_loss")
-
-
-def score(metrics: dict, select_metric: str) -> float:
-    key = SELECT_METRICS[select_metric][0]
+def score(metrics: dict, select_metric: str, task: Task) -> float:
+    key = task.select_metrics[select_metric][0]
     if metrics.get(key) is None:
         raise UserError(f"--select-metric {select_metric}: not computed for this evaluation; pick another one")
     return metrics[key]
 
 
-def better(new: float, old: float, select_metric: str, min_delta: float = 0.0) -> bool:
+def better(new: float, old: float, select_metric: str, task: Task, min_delta: float = 0.0) -> bool:
     """Whether `new` improves on `old` by more than min_delta (ties keep the earlier)."""
-    higher_is_better = SELECT_METRICS[select_metric][1]
+    higher_is_better = task.select_metrics[select_metric][1]
     return new - old > min_delta if higher_is_better else old - new > min_delta
 
 
@@ -66,10 +59,11 @@ def select_epoch(parts: TrainingParts, progress: TrainingProgress, epoch: int, r
     all, so every process stops at the same epoch."""
     from accelerate.utils import broadcast_object_list
 
-    config = parts.config
-    scores = {name: score(metrics, config.select_metric) for name, metrics in results.items()}
-    weights = "ema" if "ema" in scores and better(scores["ema"], scores["trained"], config.select_metric) else "trained"
-    improved = progress.best is None or better(scores[weights], progress.best["score"], config.select_metric,
+    config, task = parts.config, parts.task
+    scores = {name: score(metrics, config.select_metric, task) for name, metrics in results.items()}
+    ema_better = "ema" in scores and better(scores["ema"], scores["trained"], config.select_metric, task)
+    weights = "ema" if ema_better else "trained"
+    improved = progress.best is None or better(scores[weights], progress.best["score"], config.select_metric, task,
                                                config.min_delta)
     if improved:
         progress.best, progress.epochs_without_improvement = {"epoch": epoch, "score": scores[weights],

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_finetune.evaluate.mistakes import most_confident_mistakes, plot_mistakes
+from hf_finetune.evaluate.mistakes import plot_mistakes
+from hf_finetune.tasks.single_label import most_confident_mistakes
 from hf_finetune.evaluate.plots import most_confused_classes, plot_confusion_matrix, top_confused_pairs
 
 

@@ -300,6 +300,21 @@ def test_two_processes_match_one_with_double_batch_or_accumulation(tmp_path):
     assert set(counts.values()) == {10}
 
 
+def test_training_metrics_count_each_image_once_when_the_last_batch_is_padded(tmp_path):
+    """18 train images, global batch 8: two processes' last round holds 2 images, which Accelerate pads to 8
+    with repeats from the start of the epoch. The epoch's training metrics are measured before each update,
+    on weights both runs share until that last update, so they must be one process's: 18 images, same loss."""
+    folder = make_image_folder(tmp_path / "data", per_class=(9, 2))
+    common = ["--data-dir", folder, "--model", "test_vit", "--no-pretrained", "--num-workers", "0", "--epochs", "1",
+              "--img-size", "32", "--batch-size", "8", "--mixed-precision", "no", "--freeze-epochs", "0"]
+    run_script("finetune.py", *common, "--output-dir", tmp_path / "one")
+    run_script("finetune.py", *common, "--output-dir", tmp_path / "two", processes=2)
+    one, two = (json.loads((tmp_path / run / "metrics.json").read_text())["history"][0] for run in ("one", "two"))
+    assert one["train_count"] == two["train_count"] == 18
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+    assert two["train_acc"] == one["train_acc"]
+
+
 def test_resume_none_moves_the_previous_run_aside_and_owns_the_folder(photos, tmp_path):
     out = tmp_path / "out"
     run_script("finetune.py", *_args(photos, out, "--epochs", "3"))  # an earlier run: checkpoints of epochs 2, 3

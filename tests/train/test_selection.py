@@ -231,10 +231,12 @@ def test_two_process_training_evaluation_equals_one_process_evaluate_script(tmp_
 def _select(progress, epoch, trained, ema=None, **config):
     from types import SimpleNamespace
 
+    from hf_finetune.tasks.single_label import SingleLabel
     from hf_finetune.train.selection import select_epoch
 
     settings = {"select_metric": "accuracy", "min_delta": 0.0, "patience": None, **config}
-    parts = SimpleNamespace(config=SimpleNamespace(**settings), accelerator=SimpleNamespace(num_processes=1))
+    parts = SimpleNamespace(config=SimpleNamespace(**settings), accelerator=SimpleNamespace(num_processes=1),
+                            task=SingleLabel(["cat", "dog"]))
     results = {"trained": {"accuracy": trained, "loss": 1 - trained}}
     if ema is not None:
         results["ema"] = {"accuracy": ema, "loss": 1 - ema}

@@ -1,0 +1,69 @@
+"""What a task must answer, so that training, evaluation, the card and serving never ask which task they have.
+
+A task turns labels into training targets and scores logits against them (`training_batch`, `loss`,
+`eval_losses`, `hits`), turns logits into scores and decisions (`probabilities`, `top_labels`,
+`confident_mistakes`), merges test-time augmentation (`merge_tta`), measures (`create_metrics`,
+`summary_line`, `select_metrics`) and says what the card reports (`card_metrics`, `card_metric_ids`,
+`card_rows`). `tasks.single_label.SingleLabel` is the first implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, Sequence
+
+import torch
+
+
+class Metrics(Protocol):
+    """Exact metrics over every sample once: feed it what `accelerator.gather_for_metrics` returns."""
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, losses: Optional[torch.Tensor] = None) -> None: ...
+
+    def compute(self) -> dict: ...
+
+
+class Task(Protocol):
+    name: str
+    label_names: list[str]
+    # --select-metric name -> (key of create_metrics().compute(), True when higher is better)
+    select_metrics: dict[str, tuple[str, bool]]
+    # the card's model-index: (metrics key, model-index metric type, display name, metric args)
+    card_metrics: Sequence[tuple[str, str, str, Optional[dict]]]
+    card_metric_ids: list[str]  # the card's `metrics`: Hub metric ids of what the model-index reports
+    card_rows: Sequence[tuple[str, str]]  # the card's results table: (metrics key, row title)
+    class_weights: Optional[torch.Tensor]  # the loss's weight per label, or None (recorded in run_config.json)
+
+    def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
+                       key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model input, training targets) of a batch: the targets encoded, the batch mixed if asked for."""
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The training loss (what is backpropagated); `reduction="none"`: each sample's."""
+
+    def eval_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each sample's evaluation loss, without the training regularizers, so runs compare."""
+
+    def hits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per sample, whether its decision is right (bool): the training accuracy's numerator."""
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The activation: logits -> scores in [0, 1]."""
+
+    def top_labels(self, logits: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
+        """Per image, what prediction reports: (label, score) pairs, most likely first."""
+
+    def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
+        """One image's logits from those of the image and of its mirror."""
+
+    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
+                           k: int) -> list[tuple[int, int, float]]:
+        """The (at most) k most confident wrong decisions: (sample index, predicted label, its score)."""
+
+    def create_metrics(self) -> Metrics:
+        """An empty accumulator of this task's metrics."""
+
+    def summary_line(self, metrics: dict) -> str:
+        """One line of `create_metrics().compute()`'s headline numbers."""
+
+    def check_select_metric(self, select_metric: str) -> None:
+        """Refuse, with a UserError, a --select-metric this task and these labels do not define."""

@@ -1,0 +1,125 @@
+"""Multi-label classification: each image has any number of labels; a sigmoid per label, a threshold each.
+
+Targets are multi-hot vectors [batch, labels]. Training: binary cross-entropy with logits (label smoothing
+toward 1/2, `--class-weights balanced` as `pos_weight`). Decisions: a label is present when its sigmoid
+score reaches its threshold, tuned per label to the best F1 on the selection split (`tune_thresholds`) or
+0.5. Metrics: `multi_label_metrics.MultiLabelMetrics` (mAP, micro/macro F1, per-label AP/P/R/F1, exact match,
+hamming loss).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from hf_finetune.errors import UserError
+from hf_finetune.tasks.multi_label_metrics import (DEFAULT_THRESHOLD, MultiLabelMetrics, summary_line,
+                                                   tune_thresholds)
+from hf_finetune.tasks.tta import mean_logits
+
+
+def balanced_pos_weight(targets: torch.Tensor) -> torch.Tensor:
+    """Per label, negatives / positives of the multi-hot train targets: each label's positives weigh as much
+    as its negatives in the loss (the `pos_weight` of torch's BCE-with-logits)."""
+    targets = torch.as_tensor(targets).bool()
+    positives = targets.sum(0)
+    missing = torch.nonzero(positives == 0).reshape(-1).tolist()
+    if missing:
+        raise UserError(f"--class-weights balanced: label(s) {missing} have no positive training image")
+    return (len(targets) - positives).double() / positives.double()
+
+
+class MultiLabel:
+    name = "multi_label"
+    select_metrics = {"eval_loss": ("loss", False), "map": ("map", True), "micro_f1": ("micro_f1", True),
+                      "macro_f1": ("macro_f1", True), "exact_match": ("exact_match", True)}
+    card_metrics = (("map", "map", "mAP", None), ("micro_f1", "f1", "Micro F1", {"average": "micro"}),
+                    ("macro_f1", "f1", "Macro F1", {"average": "macro"}))
+    card_metric_ids = ["f1"]
+    card_rows = (("map", "mAP"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("exact_match", "exact match"),
+                 ("hamming_loss", "hamming loss"), ("loss", "loss"), ("count", "images"))
+
+    def __init__(self, label_names: Sequence[str], thresholds: Optional[Sequence[float]] = None,
+                 label_smoothing: float = 0.0, pos_weight: Optional[torch.Tensor] = None):
+        self.label_names = list(label_names)
+        self.thresholds = list(thresholds) if thresholds is not None else [DEFAULT_THRESHOLD] * len(self.label_names)
+        if len(self.thresholds) != len(self.label_names):
+            raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.label_names)} labels")
+        self.label_smoothing, self.pos_weight = label_smoothing, pos_weight
+
+    @property
+    def class_weights(self) -> Optional[torch.Tensor]:
+        return self.pos_weight
+
+    @classmethod
+    def create(cls, label_names: Sequence[str], config=None, train_labels=None) -> "MultiLabel":
+        """With the run's config and the train split's multi-hot labels: its loss options."""
+        if config is None:
+            return cls(label_names)
+        if config.mixup or config.cutmix:
+            raise UserError("--mixup/--cutmix: not available for multi-label data yet; leave them at 0")
+        pos_weight = balanced_pos_weight(train_labels) if config.class_weights == "balanced" else None
+        return cls(label_names, label_smoothing=config.label_smoothing, pos_weight=pos_weight)
+
+    def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
+                       key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float multi-hot targets, smoothed toward 1/2: (1 - s) y + s / 2."""
+        targets = labels.to(images.dtype if images.is_floating_point() else torch.float32)
+        return images, targets * (1 - self.label_smoothing) + self.label_smoothing / 2
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """BCE with logits, each positive term times its label's pos_weight; a sample's loss is the mean over
+        its labels, so "mean" is torch's mean over every (image, label)."""
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device, logits.dtype)
+        losses = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=pos_weight,
+                                                    reduction="none").mean(dim=1)
+        return losses.mean() if reduction == "mean" else losses
+
+    def eval_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").mean(dim=1)
+
+    def decisions(self, logits: torch.Tensor) -> torch.Tensor:
+        """[batch, labels] bool: each label's score at or above its threshold."""
+        return self.probabilities(logits) >= torch.tensor(self.thresholds, device=logits.device)
+
+    def hits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Exact matches: every label of the image decided right."""
+        return (self.decisions(logits) == labels.bool()).all(dim=1)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(logits).float().sigmoid()
+
+    def top_labels(self, logits: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
+        """Per image, its `top_k` (label, sigmoid score) pairs, highest first."""
+        scores = self.probabilities(logits)
+        values, indices = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+        return [[(self.label_names[index], float(value)) for value, index in zip(row_values, row_indices)]
+                for row_values, row_indices in zip(values.tolist(), indices.tolist())]
+
+    def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
+        return mean_logits(logits, mirrored_logits)
+
+    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
+                           k: int) -> list[tuple[int, int, float]]:
+        """The k most confident false positives: (image, the label wrongly decided, its score)."""
+        probabilities, labels = torch.as_tensor(probabilities), torch.as_tensor(labels).bool()
+        wrong = (probabilities >= torch.tensor(self.thresholds)) & ~labels
+        found = [(int(image), int(label), float(probabilities[image, label])) for image, label in wrong.nonzero()]
+        return sorted(found, key=lambda mistake: (-mistake[2], mistake[0], mistake[1]))[:k]
+
+    def tune_thresholds(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """Each label's threshold: the best F1 on these scores [samples, labels] (the selection split's)."""
+        self.thresholds = tune_thresholds(scores, targets)
+
+    def create_metrics(self) -> MultiLabelMetrics:
+        return MultiLabelMetrics(self.label_names, self.thresholds)
+
+    def summary_line(self, metrics: dict) -> str:
+        return summary_line(metrics)
+
+    def check_select_metric(self, select_metric: str) -> None:
+        if select_metric not in self.select_metrics:
+            raise UserError(f"--select-metric {select_metric}: not a multi-label metric; use one of "
+                            f"{', '.join(self.select_metrics)}")

@@ -1,0 +1,81 @@
+"""The multi-label task: multi-hot targets, BCE with logits, sigmoid scores, per-label thresholds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_single_label import _protocol_members
+
+from hf_finetune.config import FinetuneConfig
+from hf_finetune.errors import UserError
+from hf_finetune.tasks import MULTI_LABEL, Task, create_task
+from hf_finetune.tasks.multi_label import MultiLabel, balanced_pos_weight
+from hf_finetune.tasks.multi_label_metrics import MultiLabelMetrics
+
+NAMES = ["bread", "cheese", "wine"]
+TARGETS = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 0, 1]])
+
+
+def test_multi_label_answers_everything_a_task_is_asked():
+    task = create_task(MULTI_LABEL, NAMES)
+    missing = [name for name in _protocol_members(Task) if not hasattr(task, name)]
+    assert isinstance(task, MultiLabel) and not missing, missing
+    assert task.thresholds == [0.5, 0.5, 0.5] and task.class_weights is None
+
+
+def test_loss_is_bce_with_logits_with_balanced_pos_weight_and_smoothing():
+    config = FinetuneConfig(label_smoothing=0.2, class_weights="balanced")
+    task = create_task(MULTI_LABEL, NAMES, config, TARGETS)
+    torch.testing.assert_close(task.class_weights, torch.tensor([1 / 3, 1.0, 1.0], dtype=torch.float64))
+    images = torch.zeros(4, 3, 8, 8)
+    inputs, targets = task.training_batch(images, TARGETS)
+    assert inputs is images
+    torch.testing.assert_close(targets, TARGETS * 0.8 + 0.1)
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    expected = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.tensor([1 / 3, 1.0, 1.0]))
+    torch.testing.assert_close(task.loss(logits, targets), expected)
+    torch.testing.assert_close(task.loss(logits, targets, reduction="none").mean(), expected)
+    # evaluation: plain BCE on the unsmoothed targets, per image
+    plain = F.binary_cross_entropy_with_logits(logits, TARGETS.float(), reduction="none").mean(dim=1)
+    torch.testing.assert_close(task.eval_losses(logits, TARGETS), plain)
+
+
+def test_options_it_cannot_honour_are_one_error_line():
+    with pytest.raises(UserError, match="label\\(s\\) \\[2\\] have no positive training image"):
+        balanced_pos_weight(torch.tensor([[1, 0, 0], [0, 1, 0]]))
+    with pytest.raises(UserError, match="--mixup/--cutmix: not available for multi-label"):
+        create_task(MULTI_LABEL, NAMES, FinetuneConfig(mixup=0.2), TARGETS)
+    with pytest.raises(UserError, match="--select-metric accuracy: not a multi-label metric; use one of eval_loss"):
+        MultiLabel(NAMES).check_select_metric("accuracy")
+    MultiLabel(NAMES).check_select_metric("map")
+
+
+def test_decisions_follow_the_tuned_thresholds():
+    task = MultiLabel(NAMES)
+    scores = torch.tensor([[0.9, 0.3, 0.1], [0.8, 0.35, 0.2], [0.2, 0.7, 0.6], [0.6, 0.1, 0.4]])
+    logits = torch.logit(scores)
+    assert task.hits(logits, TARGETS).tolist() == [True, False, True, False]  # at 0.5: cheese 0.35, wine 0.4 missed
+    task.tune_thresholds(scores, TARGETS)
+    assert task.hits(logits, TARGETS).all()
+    assert task.thresholds == pytest.approx([0.4, 0.325, 0.3])  # halfway to the next lower score
+    metrics = task.create_metrics()
+    assert isinstance(metrics, MultiLabelMetrics) and metrics.thresholds == task.thresholds
+    metrics.update(logits, TARGETS, task.eval_losses(logits, TARGETS))
+    result = metrics.compute()
+    assert result["exact_match"] == 1.0 and result["micro_f1"] == 1.0
+    assert task.summary_line(result).startswith("mAP 1.000 | micro-F1 1.000 | macro-F1 1.000 | exact 1.000 | loss ")
+
+
+def test_scores_top_labels_and_mistakes():
+    task = MultiLabel(NAMES, thresholds=[0.5, 0.5, 0.5])
+    logits = torch.logit(torch.tensor([[0.9, 0.6, 0.2], [0.3, 0.95, 0.8]]))
+    torch.testing.assert_close(task.probabilities(logits), logits.sigmoid())
+    top = task.top_labels(logits, top_k=2)
+    assert [[name for name, _ in row] for row in top] == [["bread", "cheese"], ["cheese", "wine"]]
+    assert top[1][0][1] == pytest.approx(0.95)
+    labels = torch.tensor([[1, 0, 0], [0, 1, 0]])
+    # false positives, most confident first: wine in image 1 (0.8), cheese in image 0 (0.6)
+    assert task.confident_mistakes(task.probabilities(logits), labels, k=5) == [
+        (1, 2, pytest.approx(0.8)), (0, 1, pytest.approx(0.6))]
+    torch.testing.assert_close(task.merge_tta(logits, 3 * logits), 2 * logits)
