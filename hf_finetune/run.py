@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 from hf_finetune.publish.card import write_model_card
 from hf_finetune.train.checkpoints import TrainingProgress, save_checkpoint
@@ -37,8 +37,12 @@ from hf_finetune.train.selection import (check_select_metric, eval_columns, eval
 logger = logging.getLogger(__name__)
 
 
-def finetune(config: FinetuneConfig) -> dict:
-    """Fine-tune, save the model and metrics in config.output_dir, and return the final metrics."""
+def finetune(config: FinetuneConfig, on_epoch_end: Sequence[Callable[[int, dict], None]] = ()) -> dict:
+    """Fine-tune, save the model and metrics in config.output_dir, and return the final metrics.
+
+    on_epoch_end: called on every process as `hook(epoch, row)` (row: the epoch's metrics.json line) once the
+    epoch is evaluated and checkpointed, e.g. to report to a hyper-parameter search; a hook stops the run by
+    raising (every process must agree to: the sweep's pruning hook broadcasts its decision)."""
     config.validate()
     if config.push_to_hub:
         check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
@@ -56,6 +60,8 @@ def finetune(config: FinetuneConfig) -> dict:
                 break
             run_epoch(parts, progress, epoch, guard, resume_point)
             resume_point = None
+            for hook in on_epoch_end:
+                hook(epoch, progress.history[-1])
     metrics = finish(parts, progress)
     leave_together(parts.accelerator)
     parts.accelerator.end_training()
