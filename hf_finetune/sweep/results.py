@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import warnings
 from pathlib import Path
 
 from hf_finetune.config import FinetuneConfig, parse_config
+from hf_finetune.files import write_atomically, write_text
 from hf_finetune.sweep.space import NOT_SEARCHABLE
 
 
@@ -43,7 +45,7 @@ def write_best_config(trial, path: Path) -> Path:
 
     header = (f"# best trial {trial.number}: {trial.value!r} ({trial.user_attrs['run_dir']})\n"
               f"# finetune --config {path.name} --output-dir DIR reproduces it\n")
-    path.write_text(header + yaml.safe_dump(best_settings(trial), sort_keys=False))
+    write_text(path, header + yaml.safe_dump(best_settings(trial), sort_keys=False))
     return path
 
 
@@ -62,17 +64,18 @@ def trial_rows(study) -> tuple[list[str], list[dict]]:
 
 def write_trials_table(study, output_dir: Path) -> list[Path]:
     columns, rows = trial_rows(study)
-    with open(output_dir / "trials.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(output_dir / "trials.csv", table.getvalue())
     best = best_trial(study)
     lines = [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
     for row in rows:
         mark = " (best)" if best is not None and row["trial"] == best.number else ""
         cells = [_cell(row[column]) + (mark if column == "trial" else "") for column in columns]
         lines.append(f"| {' | '.join(cells)} |")
-    (output_dir / "trials.md").write_text("\n".join(lines) + "\n")
+    write_text(output_dir / "trials.md", "\n".join(lines) + "\n")
     return [output_dir / "trials.csv", output_dir / "trials.md"]
 
 
@@ -101,7 +104,8 @@ def write_plots(study, output_dir: Path) -> list[Path]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # the matplotlib backend is marked experimental
             axes = plot(study)
-        axes.figure.savefig(output_dir / name, bbox_inches="tight", dpi=100)
+        write_atomically(output_dir / name, lambda partial: axes.figure.savefig(partial, format="png",
+                                                                                 bbox_inches="tight", dpi=100))
         plt.close(axes.figure)
         written.append(output_dir / name)
     return written
