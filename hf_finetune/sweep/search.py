@@ -142,6 +142,8 @@ def train_trial(args: list[str], trial) -> float:
     """Train one trial's run (trial: the Optuna trial on the main process, None on the others) and return its
     selected weights' --select-metric on the eval split; NaN (a failed trial) when the loss diverged."""
     config = parse_config(args)
+    reset_accelerate_state()
+    shared_state()
     try:
         metrics = finetune(config, on_epoch_end=[PruneHook(trial, config.select_metric)])
     except UserError as error:
@@ -189,11 +191,44 @@ def epoch_score(row: dict, select_metric: str) -> float:
 
 def shared_state():
     """Accelerate's process state, made as the runs' Accelerator makes it (gloo on a CPU-only multi-process
-    launch), so that the sweep can talk to its ranks before the first trial's Accelerator exists."""
+    launch), so that the sweep can talk to its ranks between trials."""
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available())
+    multi_process = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if multi_process and not torch.distributed.is_initialized():
+        reset_accelerate_state()
+        new_process_group()
+    return PartialState(cpu=multi_process and not torch.cuda.is_available())
+
+
+_RENDEZVOUS: dict = {}  # this process's connection to the launcher's store, and how many groups it has made
+
+
+def new_process_group() -> None:
+    """A process group for the next trial. A finished run's end_training destroys the group, and a second
+    env:// initialization hangs in the launcher's store on keys the first one left (seen with torchrun); each
+    group therefore gets its own key prefix on one store connection. Accelerate then uses the group as it is."""
+    import torch
+    import torch.distributed as dist
+
+    if not _RENDEZVOUS:
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        _RENDEZVOUS.update(store=store, rank=rank, world_size=world_size, groups=0)
+    _RENDEZVOUS["groups"] += 1
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=_RENDEZVOUS["rank"],
+                            world_size=_RENDEZVOUS["world_size"],
+                            store=dist.PrefixStore(f"hf_finetune-sweep-{_RENDEZVOUS['groups']}", _RENDEZVOUS["store"]))
+
+
+def reset_accelerate_state() -> None:
+    """Forget the last trial's Accelerate state (one per process, shared by every Accelerator), so that each trial
+    sets up as a fresh run would. Accelerate has no public call for several runs in one process; `_reset_state`
+    is the one its own tests use between Accelerators."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def send(objects: list) -> list:
