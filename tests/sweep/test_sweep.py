@@ -179,3 +179,18 @@ def test_sweep_refuses_a_trial_output_dir_in_one_line(tmp_path):
                         check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
+
+
+def test_a_sweep_on_two_processes_prunes_on_both(photos, space_file, tmp_path):
+    """torchrun (gloo): each trial trains on both ranks; a pruned trial stops after the same epoch on each (a rank
+    that went on alone would hang in the next collective), and the next trial starts on both."""
+    output_dir = tmp_path / "sweep"
+    result = run_script("sweep.py", *sweep_args(output_dir, photos, space_file, 4), processes=2, timeout=600)
+    rows = trials_table(output_dir)
+    assert [row["state"] for row in rows].count("PRUNED") >= 1, rows
+    assert all(row["state"] in ("COMPLETE", "PRUNED") for row in rows), rows
+    for row in rows:
+        config = json.loads((Path(row["run_dir"]) / "run_config.json").read_text())
+        assert config["num_processes"] == 2
+        assert (Path(row["run_dir"]) / "metrics.json").is_file() == (row["state"] == "COMPLETE")
+    assert started_trials(result.stdout) == [0, 1, 2, 3]
