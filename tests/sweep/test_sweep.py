@@ -17,6 +17,7 @@ import yaml
 from conftest import HERMETIC_ROOT, REPO_ROOT, make_image_folder, run_script
 
 from hf_finetune.errors import UserError
+from hf_finetune.train.checkpoints import list_checkpoints
 
 optuna = pytest.importorskip("optuna")
 
@@ -118,8 +119,13 @@ def _cache_files() -> set[str]:
 def test_sweep_resumes_after_a_kill_without_repeating_finished_trials(photos, space_file, tmp_path):
     output_dir = tmp_path / "sweep"
     args = sweep_args(output_dir, photos, space_file, 3, "--heartbeat", 1)
+    args[args.index("--epochs") + 1] = "3"  # two epochs left after the first checkpoint: time to kill trial 1
     killed = _start(args, tmp_path / "killed.log")
     _wait_for(tmp_path / "killed.log", "== trial 1", killed)  # trial 0 finished, trial 1 running
+    deadline = time.monotonic() + 600
+    while not list_checkpoints(output_dir / "trial-1"):  # kill it mid-trial, after its first epoch
+        assert killed.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
+        time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     first_model = (output_dir / "trial-0" / "model.safetensors").stat().st_mtime_ns
@@ -129,6 +135,7 @@ def test_sweep_resumes_after_a_kill_without_repeating_finished_trials(photos, sp
 
     assert 0 not in started_trials(result.stdout), result.stdout  # a finished trial is not run again
     assert "(resumes the stale " + str(output_dir / "trial-1") + ")" in result.stdout  # the killed one goes on
+    assert "resumed from " + str(output_dir / "trial-1" / "checkpoints") in result.stdout  # from its checkpoint
     assert (output_dir / "trial-0" / "model.safetensors").stat().st_mtime_ns == first_model
     rows = trials_table(output_dir)
     finished = [row for row in rows if row["state"] in ("COMPLETE", "PRUNED")]
