@@ -4,7 +4,7 @@ The study lives in an Optuna storage (any SQLAlchemy URL): several sweep process
 work on one study, and a sweep run again after a crash goes on with it. A trial that was running when its
 process died stops sending heartbeats; the next sweep to start a trial marks it failed and queues its values
 again (Optuna's RetryHeartbeatStaleTrialCallback), and the retry resumes that trial's run folder from its last
-checkpoint.
+checkpoint. A trial stopped by SIGTERM (preemption: the run checkpoints and exits 75) is queued again the same way.
 
 A sweep launched on several processes (torchrun / accelerate launch) trains each trial on all of them: the main
 process asks Optuna for the trial and sends its values to the others, reports every epoch's score and sends
@@ -14,14 +14,14 @@ its prune decision, so every rank stops the trial after the same epoch.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from hf_finetune.config import SELECT_METRICS, FinetuneConfig, parse_config
-from hf_finetune.errors import UserError
+from hf_finetune.errors import TrainingStopped, UserError
 from hf_finetune.run import finetune
+from hf_finetune.sweep.ranks import receive, reset_accelerate_state, send, shared_state
 from hf_finetune.sweep.space import as_flags, load_space, suggest
 from hf_finetune.train.guard import NON_FINITE
 from hf_finetune.train.selection import eval_columns
@@ -121,10 +121,14 @@ def run_trial(trial, output_dir: Path, finetune_args: list[str], space: dict[str
     args = [*finetune_args, *as_flags(values), "--output-dir", run_dir]
     trial.set_user_attr("run_dir", run_dir)
     trial.set_user_attr("finetune_args", args)
-    print(f"== trial {trial.number}" + (f" (resumes the stale {run_dir})" if retried_dir else "") + ": "
+    print(f"== trial {trial.number}" + (f" (goes on in {run_dir})" if retried_dir else "") + ": "
           + " ".join(as_flags(values)), flush=True)
     send([args])
-    return train_trial(args, trial)
+    try:
+        return train_trial(args, trial)
+    except TrainingStopped:  # SIGTERM: the run saved a checkpoint; the next sweep goes on from it
+        trial.study.enqueue_trial(trial.params, user_attrs={"run_dir": run_dir})
+        raise
 
 
 def follow_trials(finetune_args: list[str]) -> None:
@@ -185,69 +189,17 @@ _COLUMNS = {key: column.removeprefix("eval_") for column, key in eval_columns(_K
 def epoch_score(row: dict, select_metric: str) -> float:
     """The epoch's selection score: its --select-metric for the better of the trained and the EMA weights."""
     key, higher_is_better = SELECT_METRICS[select_metric]
-    scores = [row[f"{prefix}_{_COLUMNS[key]}"] for prefix in ("eval", "ema_eval") if f"{prefix}_{_COLUMNS[key]}" in row]
+    columns = [f"{prefix}_{_COLUMNS[key]}" for prefix in ("eval", "ema_eval")]
+    scores = [row[column] for column in columns if column in row]
     return max(scores) if higher_is_better else min(scores)
-
-
-def shared_state():
-    """Accelerate's process state, made as the runs' Accelerator makes it (gloo on a CPU-only multi-process
-    launch), so that the sweep can talk to its ranks between trials."""
-    import torch
-    from accelerate import PartialState
-
-    multi_process = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    if multi_process and not torch.distributed.is_initialized():
-        reset_accelerate_state()
-        new_process_group()
-    return PartialState(cpu=multi_process and not torch.cuda.is_available())
-
-
-_RENDEZVOUS: dict = {}  # this process's connection to the launcher's store, and how many groups it has made
-
-
-def new_process_group() -> None:
-    """A process group for the next trial. A finished run's end_training destroys the group, and a second
-    env:// initialization hangs in the launcher's store on keys the first one left (seen with torchrun); each
-    group therefore gets its own key prefix on one store connection. Accelerate then uses the group as it is."""
-    import torch
-    import torch.distributed as dist
-
-    if not _RENDEZVOUS:
-        store, rank, world_size = next(dist.rendezvous("env://"))
-        _RENDEZVOUS.update(store=store, rank=rank, world_size=world_size, groups=0)
-    _RENDEZVOUS["groups"] += 1
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=_RENDEZVOUS["rank"],
-                            world_size=_RENDEZVOUS["world_size"],
-                            store=dist.PrefixStore(f"hf_finetune-sweep-{_RENDEZVOUS['groups']}", _RENDEZVOUS["store"]))
-
-
-def reset_accelerate_state() -> None:
-    """Forget the last trial's Accelerate state (one per process, shared by every Accelerator), so that each trial
-    sets up as a fresh run would. Accelerate has no public call for several runs in one process; `_reset_state`
-    is the one its own tests use between Accelerators."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def send(objects: list) -> list:
-    """The main process's `objects`, on every process (a no-op with one)."""
-    from accelerate.utils import broadcast_object_list
-
-    if shared_state().num_processes > 1:
-        broadcast_object_list(objects)
-    return objects
-
-
-def receive():
-    return send([None])[0]
 
 
 def base_config(finetune_args: list[str]) -> FinetuneConfig:
     """The finetune flags as a config (their errors answer before any trial); the sweep owns the run folders."""
-    for flag in ("--output-dir", "--output_dir", "--push-to-hub", "--push_to_hub"):
-        if any(arg == flag or arg.startswith(flag + "=") for arg in finetune_args):
-            raise UserError(f"{flag} is the sweep's, not a trial's: the sweep's --output-dir holds trial-N/ run "
-                            "folders; push the best with `finetune --config SWEEP/best.yaml --push-to-hub ...`")
-    return parse_config(finetune_args)
+    if any(arg.split("=")[0] in ("--output-dir", "--output_dir") for arg in finetune_args):
+        raise UserError("--output-dir is the sweep's, not a trial's: give it before --; it holds trial-N/ run folders")
+    config = parse_config(finetune_args)
+    if config.push_to_hub:
+        raise UserError("a sweep pushes no trial: drop --push-to-hub, then push the best with "
+                        "`scripts/finetune.py --config SWEEP/best.yaml --output-dir DIR --push-to-hub REPO`")
+    return config

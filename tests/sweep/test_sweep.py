@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -116,7 +115,10 @@ def _cache_files() -> set[str]:
     return {str(path) for path in (HERMETIC_ROOT / "hf_home").rglob("cache-*.arrow")}
 
 
-def test_sweep_resumes_after_a_kill_without_repeating_finished_trials(photos, space_file, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_sweep_resumes_after_a_kill_without_repeating_finished_trials(photos, space_file, tmp_path, stop):
+    """SIGKILL: the killed trial's heartbeat goes stale and Optuna queues it again; SIGTERM (preemption): the run
+    checkpoints, the sweep queues the trial again and exits 75. Either way the next sweep goes on in its folder."""
     output_dir = tmp_path / "sweep"
     args = sweep_args(output_dir, photos, space_file, 3, "--heartbeat", 1)
     args[args.index("--epochs") + 1] = "3"  # two epochs left after the first checkpoint: time to kill trial 1
@@ -126,15 +128,15 @@ def test_sweep_resumes_after_a_kill_without_repeating_finished_trials(photos, sp
     while not list_checkpoints(output_dir / "trial-1"):  # kill it mid-trial, after its first epoch
         assert killed.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
         time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    killed.send_signal(stop)
+    assert killed.wait() == (75 if stop == signal.SIGTERM else -signal.SIGKILL), (tmp_path / "killed.log").read_text()
     first_model = (output_dir / "trial-0" / "model.safetensors").stat().st_mtime_ns
     cache = _cache_files()
 
     result = run_script("sweep.py", *args)
 
     assert 0 not in started_trials(result.stdout), result.stdout  # a finished trial is not run again
-    assert "(resumes the stale " + str(output_dir / "trial-1") + ")" in result.stdout  # the killed one goes on
+    assert "(goes on in " + str(output_dir / "trial-1") + ")" in result.stdout  # the killed one goes on
     assert "resumed from " + str(output_dir / "trial-1" / "checkpoints") in result.stdout  # from its checkpoint
     assert (output_dir / "trial-0" / "model.safetensors").stat().st_mtime_ns == first_model
     rows = trials_table(output_dir)
@@ -181,11 +183,12 @@ def test_space_file_replaces_and_removes_options(tmp_path):
             load_space(base, str(path))
 
 
-def test_sweep_refuses_a_trial_output_dir_in_one_line(tmp_path):
-    result = run_script("sweep.py", "--output-dir", tmp_path / "sweep", "--", "--output-dir", tmp_path / "x",
-                        check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
+def test_sweep_refuses_a_trial_output_dir_or_push_in_one_line(tmp_path):
+    for flags in (["--output-dir", tmp_path / "x"], ["--push-to-hub", "me/x"]):
+        result = run_script("sweep.py", "--output-dir", tmp_path / "sweep", "--", *flags, check=False)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
+        assert flags[0] in result.stderr
 
 
 def test_a_sweep_on_two_processes_prunes_on_both(photos, space_file, tmp_path):
