@@ -20,6 +20,8 @@ def write_results(study, output_dir: Path) -> list[Path]:
     written = write_trials_table(study, output_dir)
     if best_trial(study) is not None:
         written.append(write_best_config(best_trial(study), output_dir / "best.yaml"))
+    else:
+        print("no trial completed: no best.yaml (trials.csv says how each ended)")
     return written + write_plots(study, output_dir)
 
 

@@ -11,14 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from conftest import HERMETIC_ROOT, REPO_ROOT, make_image_folder, run_script
 
 from hf_finetune.errors import UserError
 from hf_finetune.train.checkpoints import list_checkpoints
-
-optuna = pytest.importorskip("optuna")
 
 SCRIPT = str(REPO_ROOT / "scripts" / "sweep.py")
 # Two LRs far apart: 0.05 learns the colour-coded classes, 1e-9 does not, so the median pruner has a hopeless
@@ -204,3 +203,15 @@ def test_a_sweep_on_two_processes_prunes_on_both(photos, space_file, tmp_path):
         assert config["num_processes"] == 2
         assert (Path(row["run_dir"]) / "metrics.json").is_file() == (row["state"] == "COMPLETE")
     assert started_trials(result.stdout) == [0, 1, 2, 3]
+
+
+def test_a_diverging_trial_fails_and_the_sweep_goes_on(photos, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**SPACE, "lr": {"choices": [1.0e6]}}))
+    output_dir = tmp_path / "sweep"
+    result = run_script("sweep.py", *sweep_args(output_dir, photos, space, 2))
+    rows = trials_table(output_dir)
+    assert [row["state"] for row in rows] == ["FAIL", "FAIL"], rows
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep.db'}")
+    assert all(trial.user_attrs["failure"].startswith("non-finite loss") for trial in study.trials)
+    assert not (output_dir / "best.yaml").exists() and "no trial completed" in result.stdout
