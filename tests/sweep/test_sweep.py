@@ -131,6 +131,7 @@ def test_sweep_resumes_after_a_kill_without_repeating_finished_trials(photos, sp
     assert killed.wait() == (75 if stop == signal.SIGTERM else -signal.SIGKILL), (tmp_path / "killed.log").read_text()
     first_model = (output_dir / "trial-0" / "model.safetensors").stat().st_mtime_ns
     cache = _cache_files()
+    assert cache  # the decode-once cache of the trials so far
 
     result = run_script("sweep.py", *args)
 
