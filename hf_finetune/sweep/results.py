@@ -33,13 +33,14 @@ def best_trial(study):
 
 
 def best_settings(trial) -> dict:
-    """The best trial's run as --config values: every option its flags set that differs from the default (the
-    recipe fills the rest again, the same way), without the run folder."""
+    """The best trial's run as --config values: its recipe, and every option its flags set that differs from the
+    default (the recipe fills the rest again, the same way), without the run folder."""
     config = parse_config(trial.user_attrs["finetune_args"])
     defaults = FinetuneConfig()
-    return {field.name: getattr(config, field.name) for field in dataclasses.fields(FinetuneConfig)
-            if field.name not in NOT_SEARCHABLE and field.name not in config.recipe_values
-            and getattr(config, field.name) != getattr(defaults, field.name)}
+    return {"recipe": config.recipe} | {
+        field.name: getattr(config, field.name) for field in dataclasses.fields(FinetuneConfig)
+        if field.name not in NOT_SEARCHABLE and field.name not in config.recipe_values
+        and getattr(config, field.name) != getattr(defaults, field.name)}
 
 
 def write_best_config(trial, path: Path) -> Path:
