@@ -42,6 +42,10 @@ class SweepSettings:
 
 def sweep(finetune_args: list[str], space_path: Optional[str], settings: SweepSettings) -> None:
     """Check the flags and the space, run this process's share of the study, then write the results."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UserError("the sweep needs Optuna: pip install 'hf_finetune[sweep]'") from None
     from hf_finetune.sweep.results import write_results
 
     base = base_config(finetune_args)
