@@ -13,6 +13,7 @@ its prune decision, so every rank stops the trial after the same epoch.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +43,8 @@ class SweepSettings:
 
 def sweep(finetune_args: list[str], space_path: Optional[str], settings: SweepSettings) -> None:
     """Check the flags and the space, run this process's share of the study, then write the results."""
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise UserError("the sweep needs Optuna: pip install 'hf_finetune[sweep]'") from None
+    if importlib.util.find_spec("optuna") is None:
+        raise UserError("the sweep needs Optuna: pip install 'hf_finetune[sweep]'")
     from hf_finetune.sweep.results import write_results
 
     base = base_config(finetune_args)
