@@ -9,9 +9,10 @@ from typing import Callable
 
 
 def write_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """`write(temporary_path)`, then rename it over `path`: `path` is the old file or the new one, never torn."""
+    """`write(temporary_path)`, then rename it over `path`: `path` is the old file or the new one, never torn,
+    also when several processes write it at once (each its own temporary file: sweeps sharing a folder)."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     write(str(partial))
     os.replace(partial, path)
 

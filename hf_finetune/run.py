@@ -12,7 +12,7 @@ import logging
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 from hf_finetune.publish.card import write_model_card
 from hf_finetune.train.checkpoints import TrainingProgress, save_checkpoint
@@ -38,8 +38,12 @@ from hf_finetune.train.selection import (eval_columns, evaluate_candidates, fina
 logger = logging.getLogger(__name__)
 
 
-def finetune(config: FinetuneConfig) -> dict:
-    """Fine-tune, save the model and metrics in config.output_dir, and return the final metrics."""
+def finetune(config: FinetuneConfig, on_epoch_end: Sequence[Callable[[int, dict], None]] = ()) -> dict:
+    """Fine-tune, save the model and metrics in config.output_dir, and return the final metrics.
+
+    on_epoch_end: called on every process as `hook(epoch, row)` (row: the epoch's metrics.json line) once the
+    epoch is evaluated and checkpointed, e.g. to report to a hyper-parameter search; a hook stops the run by
+    raising (every process must agree to: the sweep's pruning hook broadcasts its decision)."""
     config.validate()
     if config.push_to_hub:  # a missing token fails now, before the data and the training, on the main process alone
         from accelerate import PartialState  # the Accelerator created later shares it
@@ -62,6 +66,8 @@ def finetune(config: FinetuneConfig) -> dict:
                 break
             run_epoch(parts, progress, epoch, guard, resume_point)
             resume_point = None
+            for hook in on_epoch_end:
+                hook(epoch, progress.history[-1])
     metrics = finish(parts, progress)
     leave_together(parts.accelerator)
     parts.accelerator.end_training()
