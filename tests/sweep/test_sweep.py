@@ -114,6 +114,7 @@ def _cache_files() -> set[str]:
     return {str(path) for path in (HERMETIC_ROOT / "hf_home").rglob("cache-*.arrow")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_sweep_resumes_after_a_kill_without_repeating_finished_trials(photos, space_file, tmp_path, stop):
     """SIGKILL: the killed trial's heartbeat goes stale and Optuna queues it again; SIGTERM (preemption): the run
@@ -148,6 +149,7 @@ def test_sweep_resumes_after_a_kill_without_repeating_finished_trials(photos, sp
     assert _cache_files() == cache  # the trials after the kill decoded nothing again
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_study_do_not_run_the_same_trial(photos, space_file, tmp_path):
     output_dir = tmp_path / "sweep"
     args = sweep_args(output_dir, photos, space_file, 4)
@@ -191,6 +193,7 @@ def test_sweep_refuses_a_trial_output_dir_or_push_in_one_line(tmp_path):
         assert flags[0] in result.stderr
 
 
+@pytest.mark.slow
 def test_a_sweep_on_two_processes_prunes_on_both(photos, space_file, tmp_path):
     """torchrun (gloo): each trial trains on both ranks; a pruned trial stops after the same epoch on each (a rank
     that went on alone would hang in the next collective), and the next trial starts on both."""
