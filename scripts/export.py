@@ -56,9 +56,12 @@ def main() -> None:
               "training images")
     if args.push_to_hub:
         from hf_finetune.publish.hub import push_onnx
+        from hf_finetune.serve.onnx_model import INT8_FILE, INT8_RECORD
 
         run_dir = Path(args.source) if (Path(args.source) / "run_config.json").is_file() else None
-        print(f"pushed: {push_onnx(result.onnx_path.parent, args.push_to_hub, run_dir)}")
+        # Only an int8 model quantized by this very command: one left by an earlier export may be of other weights.
+        int8_files = (INT8_FILE, INT8_RECORD) if args.quantize else ()
+        print(f"pushed: {push_onnx(result.onnx_path.parent, args.push_to_hub, run_dir, int8_files)}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ least MIN_AGREEMENT of the images. `model.int8.json` records the agreement, both
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -25,9 +26,9 @@ import torch
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.files import write_json
 from hf_finetune.hardware import available_cpus, one_thread
-from hf_finetune.serve.onnx_model import INT8_FILE, ONNX_FILE, OnnxClassifier, inference_session, load_onnx_classifier
+from hf_finetune.serve.onnx_model import (INT8_FILE, INT8_RECORD, ONNX_FILE, OnnxClassifier, inference_session,
+                                          load_onnx_classifier)
 
-INT8_RECORD = "model.int8.json"
 # Top-1 agreement with the fp32 model on the eval split below which the int8 model is not kept: at most 2 images
 # in 100 may change their label, so the accuracy moves by at most 2 points (the goal is 1; measured: BENCHMARKS.md).
 MIN_AGREEMENT = 0.98
@@ -67,7 +68,8 @@ def quantize_int8(run_dir: Path, export_dir: Path, min_agreement: float = MIN_AG
                             f"({ONNX_FILE} is unchanged; serve it in fp32)")
         os.replace(staging / INT8_FILE, export_dir / INT8_FILE)
         result.int8_path = export_dir / INT8_FILE
-        write_json(export_dir / INT8_RECORD, {**asdict(result), "int8_path": INT8_FILE,
+        fp32_sha256 = hashlib.sha256((export_dir / ONNX_FILE).read_bytes()).hexdigest()
+        write_json(export_dir / INT8_RECORD, {**asdict(result), "int8_path": INT8_FILE, "fp32_sha256": fp32_sha256,
                                               "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, "
                                                         "uint8 activations, MinMax calibration"})
     finally:

@@ -20,6 +20,7 @@ from hf_finetune.serve.preprocess import EvalPreprocess
 
 ONNX_FILE, PREPROCESSOR_FILE = "model.onnx", "preprocessor.json"
 INT8_FILE = "model.int8.onnx"  # scripts/export.py --quantize int8: the same inputs and outputs, int8 inside
+INT8_RECORD = "model.int8.json"  # how it was made and checked, with the sha256 of the model.onnx it came from
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 EXTRA_HINT = 'pip install -e ".[onnx]"'
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
@@ -133,4 +134,17 @@ def _local_files(name_or_path: Union[str, Path], onnx_file: str = ONNX_FILE) -> 
     if missing:
         raise UserError(f"{source} has no {' or '.join(missing)}: export it with "
                         f"`python scripts/export.py {source} --format onnx` (--push-to-hub to publish it)")
+    if onnx_file == INT8_FILE and (folder / ONNX_FILE).is_file() and (folder / INT8_RECORD).is_file():
+        check_int8_source(folder)
     return folder
+
+
+def check_int8_source(folder: Path) -> None:
+    """UserError when FOLDER's model.int8.onnx was quantized from another model.onnx than the one beside it (an
+    export without --quantize since): it would silently serve older weights."""
+    import hashlib
+
+    recorded = json.loads((folder / INT8_RECORD).read_text()).get("fp32_sha256")
+    if recorded != hashlib.sha256((folder / ONNX_FILE).read_bytes()).hexdigest():
+        raise UserError(f"{folder / INT8_FILE} was quantized from an earlier {ONNX_FILE}: make it again with "
+                        "`python scripts/export.py RUN --format onnx --quantize int8`")
