@@ -63,9 +63,11 @@ def quantize_int8(run_dir: Path, export_dir: Path, min_agreement: float = MIN_AG
         int8 = replace(fp32, session=inference_session(staging / INT8_FILE))
         result = compare(fp32, int8, eval_files, staging / INT8_FILE, len(calibration), min_agreement)
         if result.agreement < min_agreement:
+            accuracy = (f"; eval accuracy fp32 {result.fp32_accuracy:.4f}, int8 {result.int8_accuracy:.4f}"
+                        if result.int8_accuracy is not None else "")
             raise UserError(f"the int8 model agrees with fp32 on the top-1 label of {result.agreement:.1%} of the "
-                            f"{result.eval_images} eval images, below the required {min_agreement:.0%}: not kept "
-                            f"({ONNX_FILE} is unchanged; serve it in fp32)")
+                            f"{result.eval_images} eval images, below the required {min_agreement:.0%}{accuracy}: "
+                            f"not kept ({ONNX_FILE} is unchanged; serve it in fp32)")
         os.replace(staging / INT8_FILE, export_dir / INT8_FILE)
         result.int8_path = export_dir / INT8_FILE
         fp32_sha256 = hashlib.sha256((export_dir / ONNX_FILE).read_bytes()).hexdigest()
