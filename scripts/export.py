@@ -18,6 +18,12 @@ def main() -> None:
                         help="Where model.onnx and preprocessor.json go (default: SOURCE when it is a folder).")
     parser.add_argument("--check-images", type=Path, nargs="+",
                         help="Real images to check the export on (default: the first 3 of the run's data folder).")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="Also write model.int8.onnx (onnxruntime static quantization, QDQ, per-channel int8 "
+                             "weights) calibrated on 300 of the run's training images, and keep it only if its "
+                             "top-1 label agrees with model.onnx's on >= 98%% of the run's eval split "
+                             "(model.int8.json records both accuracies). SOURCE must be a run whose image folder "
+                             "is here.")
     parser.add_argument("--push-to-hub", metavar="REPO",
                         help="Add model.onnx + preprocessor.json (and, from a run folder, the card with onnxruntime "
                              "usage) to this model repo in one commit. The token comes from HF_TOKEN or "
@@ -30,16 +36,32 @@ def main() -> None:
         from hf_finetune.publish.hub import check_push_possible
 
         check_push_possible(args.push_to_hub)  # a bad repo id or a missing token fails before the export
+    if args.quantize:
+        from hf_finetune.publish.quantize import run_images
+
+        run_images(Path(args.source))  # a source without its image folder fails before the export
     result = export_onnx(args.source, args.output_dir, args.check_images)
     print(f"exported {result.onnx_path} and {result.preprocessor_path}: onnxruntime matches PyTorch on a fixed batch "
           f"and {result.checked_images} real image(s) (max abs logit difference {result.max_abs_difference:.2g})")
     if not result.checked_images:
         print("note: no real images were checked (pass --check-images)")
+    if args.quantize:
+        from hf_finetune.publish.quantize import quantize_int8
+
+        int8 = quantize_int8(Path(args.source), result.onnx_path.parent)
+        accuracy = (f"; eval accuracy fp32 {int8.fp32_accuracy:.4f}, int8 {int8.int8_accuracy:.4f}"
+                    if int8.int8_accuracy is not None else "")
+        print(f"quantized {int8.int8_path}: top-1 agrees with fp32 on {int8.agreement:.1%} of {int8.eval_images} eval "
+              f"images (required {int8.min_agreement:.0%}){accuracy}; calibrated on {int8.calibration_images} "
+              "training images")
     if args.push_to_hub:
         from hf_finetune.publish.hub import push_onnx
+        from hf_finetune.serve.onnx_model import INT8_FILE, INT8_RECORD
 
         run_dir = Path(args.source) if (Path(args.source) / "run_config.json").is_file() else None
-        print(f"pushed: {push_onnx(result.onnx_path.parent, args.push_to_hub, run_dir)}")
+        # Only an int8 model quantized by this very command: one left by an earlier export may be of other weights.
+        int8_files = (INT8_FILE, INT8_RECORD) if args.quantize else ()
+        print(f"pushed: {push_onnx(result.onnx_path.parent, args.push_to_hub, run_dir, int8_files)}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,11 @@ def parse_args() -> argparse.Namespace:
                         help="flip: average the logits of each image and its horizontal mirror image.")
     parser.add_argument("--onnx", action="store_true", help="Run the exported model.onnx (scripts/export.py) with "
                                                             "onnxruntime instead of PyTorch.")
+    parser.add_argument("--int8", action="store_true", help="With --onnx: run model.int8.onnx (scripts/export.py "
+                                                            "--quantize int8) instead of model.onnx.")
     args = parser.parse_args()
+    if args.int8 and not args.onnx:
+        parser.error("--int8 needs --onnx")
     if args.top_k < 1 or args.batch_size < 1:
         parser.error("--top-k and --batch-size must be at least 1")
     if args.output and args.output.suffix not in OUTPUT_SUFFIXES:
@@ -41,9 +45,9 @@ def main() -> None:
     from hf_finetune.serve.batch_predict import Failure, TorchRunner, expand_inputs, predict_files, write_predictions
 
     if args.onnx:
-        from hf_finetune.serve.onnx_model import load_onnx_classifier
+        from hf_finetune.serve.onnx_model import INT8_FILE, ONNX_FILE, load_onnx_classifier
 
-        runner = load_onnx_classifier(args.model)
+        runner = load_onnx_classifier(args.model, INT8_FILE if args.int8 else ONNX_FILE)
     else:
         from hf_finetune.serve.predict import load_classifier
 

@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 
@@ -61,16 +61,17 @@ def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
     return commit.commit_url
 
 
-def push_onnx(export_dir: Path, repo_id: str, run_dir: Optional[Path] = None) -> str:
-    """Add EXPORT_DIR's model.onnx + preprocessor.json to `repo_id` in one commit, with the run's model card
-    regenerated to show onnxruntime usage when `run_dir` (a finished run) is given; the commit URL."""
+def push_onnx(export_dir: Path, repo_id: str, run_dir: Optional[Path] = None, extra_files: Sequence[str] = ()) -> str:
+    """Add EXPORT_DIR's model.onnx + preprocessor.json (and `extra_files` of it: the int8 export) to `repo_id` in
+    one commit, with the run's model card regenerated to show onnxruntime usage when `run_dir` (a finished run) is
+    given; the commit URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from hf_finetune.serve.onnx_model import ONNX_FILE, PREPROCESSOR_FILE
 
     export_dir = Path(export_dir)
     check_push_possible(repo_id)
-    files = {name: export_dir / name for name in (ONNX_FILE, PREPROCESSOR_FILE)}
+    files = {name: export_dir / name for name in (ONNX_FILE, PREPROCESSOR_FILE, *extra_files)}
     if run_dir is not None:
         files["README.md"] = write_model_card(run_dir, repo_id, onnx=True)
     api = HfApi()

@@ -20,6 +20,8 @@ from hf_finetune.serve.preprocess import EvalPreprocess
 from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
 
 ONNX_FILE, PREPROCESSOR_FILE = "model.onnx", "preprocessor.json"
+INT8_FILE = "model.int8.onnx"  # scripts/export.py --quantize int8: the same inputs and outputs, int8 inside
+INT8_RECORD = "model.int8.json"  # how it was made and checked, with the sha256 of the model.onnx it came from
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 EXTRA_HINT = 'pip install -e ".[onnx]"'
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
@@ -85,28 +87,35 @@ class OnnxClassifier:
         return torch.from_numpy(self.session.run(None, {self.input_name: inputs})[0])
 
 
-def load_onnx_classifier(name_or_path: Union[str, Path]) -> OnnxClassifier:
-    """model.onnx + preprocessor.json from a local folder or a Hub model repo (`user/model`, `hf-hub:user/model`)."""
+def load_onnx_classifier(name_or_path: Union[str, Path], onnx_file: str = ONNX_FILE) -> OnnxClassifier:
+    """`onnx_file` (model.onnx, or INT8_FILE) + preprocessor.json from a local folder or a Hub model repo
+    (`user/model`, `hf-hub:user/model`)."""
     require("onnxruntime")
-    import onnxruntime
 
-    folder = _local_files(name_or_path)
+    folder = _local_files(name_or_path, onnx_file)
     try:
         config = json.loads((folder / PREPROCESSOR_FILE).read_text())
         settings = ImageSettings.from_data_config(config)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"{folder / PREPROCESSOR_FILE}: unreadable ({first_line(error)}); export the model again "
                         "with scripts/export.py") from None
+    return OnnxClassifier(inference_session(folder / onnx_file), EvalPreprocess(settings),
+                          list(config["label_names"]), config["input_name"])
+
+
+def inference_session(path: Path) -> "onnxruntime.InferenceSession":  # noqa: F821
+    """An onnxruntime session for PATH, on CUDA when onnxruntime has it."""
+    import onnxruntime
+
     providers = [name for name in ("CUDAExecutionProvider", "CPUExecutionProvider")
                  if name in onnxruntime.get_available_providers()]
     try:
-        session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=providers)
+        return onnxruntime.InferenceSession(str(path), providers=providers)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise UserError(f"onnxruntime cannot load {folder / ONNX_FILE}: {first_line(error)}") from None
-    return OnnxClassifier(session, EvalPreprocess(settings), list(config["label_names"]), config["input_name"])
+        raise UserError(f"onnxruntime cannot load {path}: {first_line(error)}") from None
 
 
-def _local_files(name_or_path: Union[str, Path]) -> Path:
+def _local_files(name_or_path: Union[str, Path], onnx_file: str = ONNX_FILE) -> Path:
     """The folder holding model.onnx and preprocessor.json, downloaded from the Hub when it is a repo id."""
     from hf_finetune.serve.predict import timm_model_name
 
@@ -119,12 +128,28 @@ def _local_files(name_or_path: Union[str, Path]) -> Path:
         source, _, revision = name[len("hf-hub:"):].partition("@")
         try:
             folder = Path(snapshot_download(source, revision=revision or None,
-                                            allow_patterns=[ONNX_FILE, PREPROCESSOR_FILE]))
+                                            allow_patterns=[onnx_file, PREPROCESSOR_FILE]))
         except Exception as error:  # missing, private, offline
-            raise UserError(f"could not download {ONNX_FILE} from {source}: {first_line(error)}; check the name, "
+            raise UserError(f"could not download {onnx_file} from {source}: {first_line(error)}; check the name, "
                             "and for a private repo set HF_TOKEN or run `hf auth login`") from None
-    missing = [file for file in (ONNX_FILE, PREPROCESSOR_FILE) if not (folder / file).is_file()]
+    missing = [file for file in (onnx_file, PREPROCESSOR_FILE) if not (folder / file).is_file()]
+    if missing == [INT8_FILE]:
+        raise UserError(f"{source} has no {INT8_FILE}: make it with "
+                        f"`python scripts/export.py RUN --format onnx --quantize int8`")
     if missing:
         raise UserError(f"{source} has no {' or '.join(missing)}: export it with "
                         f"`python scripts/export.py {source} --format onnx` (--push-to-hub to publish it)")
+    if onnx_file == INT8_FILE and (folder / ONNX_FILE).is_file() and (folder / INT8_RECORD).is_file():
+        check_int8_source(folder)
     return folder
+
+
+def check_int8_source(folder: Path) -> None:
+    """UserError when FOLDER's model.int8.onnx was quantized from another model.onnx than the one beside it (an
+    export without --quantize since): it would silently serve older weights."""
+    import hashlib
+
+    recorded = json.loads((folder / INT8_RECORD).read_text()).get("fp32_sha256")
+    if recorded != hashlib.sha256((folder / ONNX_FILE).read_bytes()).hexdigest():
+        raise UserError(f"{folder / INT8_FILE} was quantized from an earlier {ONNX_FILE}: make it again with "
+                        "`python scripts/export.py RUN --format onnx --quantize int8`")
