@@ -43,6 +43,7 @@ def finetune(config: FinetuneConfig) -> dict:
     if config.push_to_hub:
         check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
     parts = create_training_parts(config)
+    config = parts.config  # from here on, the resolved record: every derived value filled once
     check_select_metric(config.select_metric, len(parts.data.label_names))
     progress, resume_point = resume_training(parts)
     if not progress.already_finished:
@@ -68,9 +69,9 @@ def record_start(parts: TrainingParts) -> None:
     """run_config.json (everything needed to reproduce the run) and the start-up lines, on the main process."""
     if not parts.accelerator.is_main_process:
         return
-    if parts.precision.slow_warning:
-        logger.warning(parts.precision.slow_warning)
     config, data, source = parts.config, parts.data, parts.source
+    if config.precision.slow_warning:
+        logger.warning(config.precision.slow_warning)
     trainable, total = parts.parameter_counts
     groups = describe_param_groups(parts.optimizer)
     class_weights = parts.objective.class_weights
@@ -84,12 +85,13 @@ def record_start(parts: TrainingParts) -> None:
                  "test_size": len(data.test) if data.test is not None else None},
         "label_names": data.label_names, "label_matches": parts.reused_rows, "param_groups": groups,
         "num_processes": parts.accelerator.num_processes, "per_device_batch_size": parts.per_device_batch_size,
-        "mixed_precision": parts.precision.mixed_precision, "mixed_precision_reason": parts.precision.reason,
+        "mixed_precision": config.precision.mixed_precision, "mixed_precision_reason": config.precision.reason,
         "cpu": cpu_model(), "versions": library_versions(),
         "frozen": {"groups": config.freeze, "fraction": config.freeze_fraction, "num_params": total - trainable,
                    "head_warmup_epochs": config.freeze_epochs, "batchnorm_frozen": config.freeze_bn},
         "trainable_params": trainable, "total_params": total, "bad_files": data.bad_files,
-        "recipe": {"name": config.recipe, "values": config.recipe_values}, "class_weights": weights,
+        "recipe": {"name": config.recipe, "values": config.recipe_values, "adjusted": config.recipe_adjusted},
+        "class_weights": weights,
     }
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +99,8 @@ def record_start(parts: TrainingParts) -> None:
     test = f" / {len(data.test)} {data.test_split}" if data.test is not None else ""
     print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split}{test} images, classes "
           f"{data.label_names}; {config.model}: {describe_learning_rates(groups)}")
-    print(f"trainable parameters: {trainable:,} of {total:,}; precision {parts.precision.describe()}")
-    print(describe_recipe(config))
+    print(f"trainable parameters: {trainable:,} of {total:,}; precision {config.precision.describe()}")
+    print(describe_recipe(config.recipe, config.recipe_values, config.recipe_adjusted))
     if weights:
         print("class weights (balanced): " + ", ".join(f"{name} {value:.3f}" for name, value in weights.items()))
 

@@ -41,9 +41,9 @@ def find_lr(config, steps=None, start_lr: float = 1e-7, end_lr: float = 1.0) -> 
     from hf_finetune.train.parts import create_training_parts
 
     with tempfile.TemporaryDirectory(prefix="lr_find-") as scratch:
-        config = dataclasses.replace(config, output_dir=scratch, resume="none", report_to="none", freeze_epochs=0)
-        config.validate()
-        parts = create_training_parts(config)
+        options = dataclasses.replace(config, output_dir=scratch, resume="none", report_to="none", freeze_epochs=0)
+        parts = create_training_parts(options.validate())
+        config = parts.config  # resolved: the recipe's values, as a run of these options would train with
         steps = steps or default_steps(math.ceil(len(parts.train_loader) / config.gradient_accumulation_steps))
         # The configured rates (a warm-up schedule has already set "lr" to its first value).
         ratios = [group.get("initial_lr", group["lr"]) / config.lr for group in parts.optimizer.param_groups]
