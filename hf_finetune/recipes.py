@@ -35,7 +35,8 @@ RECIPES = {
         "head warm-up then fine-tune (LP-FT, fastai's fine_tune): 5 epochs, the first 2 (at most half of "
         "--epochs) head-only, then every layer; SGD momentum 0.9, lr 2e-4, head x10, layer-wise LR decay "
         f"{LAYER_DECAY:g}, cosine LR with 10% warm-up, label smoothing 0.1, BatchNorm statistics kept (small "
-        "batches: at most 1/8 of the folder)",
+        "batches: at most 1/8 of the folder); with --no-pretrained no head-only epochs, no layer decay and "
+        "BatchNorm statistics trained",
         {"optimizer": "sgd", "head_lr_mult": 10.0, "lr_scheduler": "cosine", "epochs": 5,
          "freeze_epochs": lambda config: min(2, config.epochs // 2), "label_smoothing": 0.1, "freeze_bn": True,
          "layer_decay": LAYER_DECAY},
@@ -79,7 +80,7 @@ def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bo
     from trained weights; `layer_groups`: whether timm's group_matcher splits it into layers). Returns
     ({option: value} the recipe set, {option: why} for each recipe value this model does not take)."""
     recipe = get_recipe(config.recipe)
-    replaced: dict = {}  # what a random backbone gets instead: the next commit
+    replaced = {} if pretrained else SCRATCH_VALUES
     filled = _fill(config, {name: value for name, value in recipe.values.items() if name not in replaced})
     adjusted = _adjust(config, recipe.values, replaced, "the backbone is random (--no-pretrained)")
     filled |= _fill(config, recipe.sgd if config.optimizer == "sgd" else ADAMW_DEFAULTS)
@@ -147,7 +148,9 @@ def recipe_card_rows(run: dict) -> list[tuple[str, str]]:
     values = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
                        for name, value in (recipe.get("values") or {}).items())
     weights = run.get("class_weights")
-    described = f"{recipe['name']} (set {values or 'nothing: every option it sets was given'})" if recipe else None
+    changed = "".join(f"; {name} {why}" for name, why in (recipe.get("adjusted") or {}).items())
+    described = (f"{recipe['name']} (set {values or 'nothing: every option it sets was given'}{changed})"
+                 if recipe else None)
     rows = [("recipe", described)] if recipe else []
     if "label_smoothing" not in config:  # a run from before the regularizers existed
         return rows

@@ -102,3 +102,36 @@ def test_compare_has_the_d2l_and_default_recipes_as_a_row_pair(tmp_path):
     scratch = variant_args("scratch", ["--recipe", "d2l"], tmp_path)
     assert scratch[scratch.index("--lr") + 1] == repr(10 * 6.4e-3)  # 10x the recipe's LR, as the chapter
 
+
+
+def test_a_random_backbone_gets_no_head_warm_up_and_trains_batchnorm_statistics(tmp_path):
+    """Head-only epochs and fixed BatchNorm statistics protect pretrained features; a random backbone has none.
+    Given values still win, and compare.py's scratch variant resolves the same way."""
+    from hf_finetune.compare import variant_args
+
+    config = resolved(parse_config(["--no-pretrained"]), pretrained=False)
+    assert (config.freeze_epochs, config.freeze_bn, config.layer_decay) == (0, False, 1.0)
+    assert set(config.recipe_adjusted) == {"freeze_epochs", "freeze_bn", "layer_decay"}
+    assert config.recipe_adjusted["freeze_epochs"] == ("0, not the recipe's 2: the backbone is random "
+                                                       "(--no-pretrained)")
+    given = resolved(parse_config(["--no-pretrained", "--freeze-epochs", "1", "--freeze-bn"]), pretrained=False)
+    assert (given.freeze_epochs, given.freeze_bn) == (1, True) and "freeze_epochs" not in given.recipe_adjusted
+    scratch = resolved(parse_config(variant_args("scratch", ["--epochs", "4"], tmp_path)), pretrained=False)
+    assert (scratch.freeze_epochs, scratch.freeze_bn) == (0, False)
+    assert not resolved(parse_config(["--recipe", "d2l", "--no-pretrained"]), pretrained=False).recipe_adjusted
+
+
+def test_a_scratch_run_says_what_the_recipe_changed_and_trains_every_layer_and_statistic(tmp_path):
+    from safetensors.torch import load_file
+
+    folder = make_image_folder(tmp_path / "photos", per_class=(16, 4))
+    out = tmp_path / "out"
+    result = run_script("finetune.py", "--data-dir", folder, "--model", "test_resnet", "--no-pretrained",
+                        "--img-size", "64", "--num-workers", "0", "--epochs", "2", "--output-dir", out)
+    assert "head only" not in result.stdout
+    assert "freeze_epochs 0, not the recipe's 1: the backbone is random (--no-pretrained)" in result.stdout
+    run = json.loads((out / "run_config.json").read_text())
+    assert (run["config"]["freeze_epochs"], run["config"]["freeze_bn"]) == (0, False)
+    assert set(run["recipe"]["adjusted"]) == {"freeze_epochs", "freeze_bn", "layer_decay"}
+    weights = load_file(out / "model.safetensors")
+    assert weights["bn1.running_mean"].abs().sum() > 0, "BatchNorm statistics left at their initial zeros"
