@@ -232,7 +232,8 @@ class FinetuneConfig:
         "'auto' (also a bare --resume): continue from the newest complete checkpoint in OUTPUT_DIR/checkpoints, "
         "if any (re-running a finished command trains and pushes nothing; after a crash it resumes); a "
         "checkpoint folder; or 'none' to start over, moving an earlier run's checkpoints and results in "
-        "OUTPUT_DIR aside into OUTPUT_DIR/previous-run-<time>/ (said in the log).",
+        "OUTPUT_DIR aside into OUTPUT_DIR/previous-run-<time>/ (said in the log). A checkpoint made with other "
+        "options that change what is trained is refused (more --epochs only on a constant schedule).",
         argparse={"nargs": "?", "const": "auto"},
         default="auto",
     )

@@ -18,6 +18,7 @@ from hf_finetune.data.sources import ImageData, load_image_data
 from hf_finetune.model.ema import create_ema
 from hf_finetune.errors import UserError
 from hf_finetune.model.freezing import backbone_parameters, count_parameters, parameters_to_freeze, set_requires_grad
+from hf_finetune.train.identity import run_identity
 from hf_finetune.train.guard import node_main_first
 from hf_finetune.hardware import machine_precision
 from hf_finetune.data.loaders import (Normalize, create_dataloaders, create_eval_loader, create_normalize,
@@ -41,7 +42,7 @@ class TrainingParts:
     eval_loader: torch.utils.data.DataLoader
     normalize: Normalize  # the loaders' uint8 batch -> model input, on its device
     per_device_batch_size: int
-    identity: dict  # what a checkpoint must have been made with to be resumed (checkpoints.check_identity)
+    identity: dict  # what a checkpoint must have been made with to be resumed (identity.check_identity)
     parameter_counts: tuple[int, int]  # (trainable, total); the head warm-up's temporary freeze not counted
     reused_rows: list = field(default_factory=list)  # head rows copied from the source classifier
     warmup_frozen: set = field(default_factory=set)  # backbone parameters frozen during the head warm-up
@@ -133,11 +134,7 @@ def create_training_parts(options: FinetuneConfig) -> TrainingParts:
     test_loader = accelerator.prepare(test_loader) if test_loader is not None else None
     updates_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     scheduler = accelerator.prepare(create_scheduler(optimizer, config, updates_per_epoch * config.epochs))
-    identity = {"model": config.model, "label_names": data.label_names, "train_data": fingerprints[0],
-                "eval_data": fingerprints[1], "num_processes": accelerator.num_processes,
-                "batch_size": config.batch_size, "gradient_accumulation_steps": config.gradient_accumulation_steps}
-    if config.model_ema:  # only then: checkpoints of runs without it keep their identity
-        identity["model_ema"] = True
+    identity = run_identity(config, data.label_names, fingerprints, accelerator.num_processes)
     return TrainingParts(config, accelerator, data, source, model, optimizer, scheduler, train_loader,
                          eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen,
                          create_ema(model, config), test_loader, objective)
