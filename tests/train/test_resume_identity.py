@@ -114,18 +114,20 @@ def test_resuming_another_folders_checkpoint_ends_with_its_best_weights(photos, 
 
 
 def test_a_checkpoint_whose_best_weights_are_gone_is_refused_before_training(photos, tmp_path):
+    """Epoch 2's checkpoint names epoch 1's weights as the best: without best-epoch-0001 beside it (and not being
+    epoch 1's own checkpoint, whose weights they are) the resume is refused before it trains."""
     first, second = tmp_path / "first", tmp_path / "second"
-    d2l = ("--recipe", "d2l", "--min-delta", "100")  # epoch 2 is never better: epoch 1's weights are the ones saved
-    run_script("finetune.py", *_args(photos, first, "--epochs", "1", *d2l))
-    for best in (first / "checkpoints").glob("best-epoch-*"):
-        shutil.rmtree(best)
-    [checkpoint] = list_checkpoints(first)
-    result = run_script("finetune.py", *_args(photos, second, "--epochs", "2", *d2l, "--resume", checkpoint),
+    d2l = ("--recipe", "d2l", "--min-delta", "100")  # epoch 2 is never better: epoch 1's weights are the best
+    run_script("finetune.py", *_args(photos, first, "--epochs", "2", *d2l))
+    shutil.rmtree(first / "checkpoints" / "best-epoch-0001")
+    checkpoint = list_checkpoints(first)[-1]
+    assert checkpoint.name == "epoch-0002-step-000000"
+    result = run_script("finetune.py", *_args(photos, second, "--epochs", "3", *d2l, "--resume", checkpoint),
                         check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     [line] = _error_lines(result.stderr)
     assert "best-epoch-0001" in line and "--resume none" in line, line
-    assert not re.search(r"^epoch 2:", result.stdout, re.M), "refused before any training"
+    assert not re.search(r"^epoch 3:", result.stdout, re.M), "refused before any training"
 
 
 def test_toggling_save_last_on_resume_is_refused_before_training(photos, tmp_path):
