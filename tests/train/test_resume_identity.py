@@ -139,3 +139,17 @@ def test_toggling_save_last_on_resume_is_refused_before_training(photos, tmp_pat
     [line] = _error_lines(result.stderr)
     assert "--save-last True (now False)" in line, line
     assert "epoch 2:" not in result.stdout
+
+
+def test_a_comparison_rerun_with_other_options_is_refused_not_answered_with_the_old_results(photos, tmp_path):
+    """compare.py runs each variant as a command in its own folder: rerun with another --seed, the old variant's
+    checkpoint is refused. Today the rerun reports the first comparison's numbers as the new seed's."""
+    out = tmp_path / "cmp"
+    user = ["--data-dir", photos, "--model", "test_resnet", "--img-size", "64", "--batch-size", "4", "--num-workers",
+            "0", "--epochs", "1"]
+    run_script("compare.py", "--output-dir", out, "--variants", "scratch", "--", *user)
+    table = (out / "comparison.json").read_text()
+    result = run_script("compare.py", "--output-dir", out, "--variants", "scratch", "--", *user, "--seed", "1",
+                        check=False)
+    assert result.returncode == 2 and "--seed 0 (now 1)" in result.stderr and "Traceback" not in result.stderr
+    assert (out / "comparison.json").read_text() == table
