@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 from hf_finetune.publish.card import write_model_card
-from hf_finetune.config import parse_config
+from hf_finetune.config import DEFAULT_RECIPE, backbone_lr, parse_config
 from hf_finetune.errors import UserError
-from hf_finetune.recipes import DEFAULT_RECIPE
 
 # name -> (description, extra flags). Flags come after the user's, so they win.
 VARIANTS = {
@@ -37,7 +36,7 @@ COLUMNS = ("train_loss", "train_acc", "eval_acc", "examples_per_sec", "total_sec
 def variant_args(name: str, user_args: list[str], output_dir: Path) -> list[str]:
     _, flags = VARIANTS[name]
     if name == "scratch":  # the chapter trains from scratch at 10x the fine-tuning LR (given, or the recipe's)
-        flags = flags + ["--lr", repr(10 * parse_config(user_args).lr)]
+        flags = flags + ["--lr", repr(10 * backbone_lr(parse_config(user_args)))]
     return [*user_args, *flags, "--output-dir", str(output_dir / name)]
 
 

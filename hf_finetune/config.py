@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from hf_finetune.errors import UserError
+from hf_finetune.hardware import Precision
 
 EVAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
 # --select-metric name -> (key of metrics.ClassificationMetrics.compute(), True when higher is better)
@@ -21,7 +22,7 @@ SELECT_METRICS = {"eval_loss": ("loss", False), "accuracy": ("accuracy", True), 
                   "balanced_accuracy": ("balanced_accuracy", True), "top5": ("top5", True)}
 
 
-from hf_finetune.recipes import DEFAULT_RECIPE, RECIPES, apply_recipe
+from hf_finetune.recipes import DEFAULT_RECIPE, RECIPES, backbone_lr, fill_from_recipe, get_recipe  # noqa: F401
 
 # Options a recipe fills when left unset (None); the --help of each says "default: the recipe's".
 RECIPE_NOTE = " Default: the --recipe's value."
@@ -257,7 +258,8 @@ class FinetuneConfig:
         "'auto' (also a bare --resume): continue from the newest complete checkpoint in OUTPUT_DIR/checkpoints, "
         "if any (re-running a finished command trains and pushes nothing; after a crash it resumes); a "
         "checkpoint folder; or 'none' to start over, moving an earlier run's checkpoints and results in "
-        "OUTPUT_DIR aside into OUTPUT_DIR/previous-run-<time>/ (said in the log).",
+        "OUTPUT_DIR aside into OUTPUT_DIR/previous-run-<time>/ (said in the log). A checkpoint made with other "
+        "options that change what is trained is refused (more --epochs only on a constant schedule).",
         argparse={"nargs": "?", "const": "auto"},
         default="auto",
     )
@@ -309,37 +311,39 @@ class FinetuneConfig:
         default="none",
     )
 
-    # What the recipe filled ({option: value}), for run_config.json, the start-up line and the card.
+    # Set once by resolve_config (the record every part of the run reads): what the recipe filled
+    # ({option: value}), the recipe values this model does not take ({option: why}), and the precision.
     recipe_values: dict = field(default_factory=dict, init=False, compare=False)
+    recipe_adjusted: dict = field(default_factory=dict, init=False, compare=False)
+    precision: Optional[Precision] = field(default=None, init=False, compare=False)
 
     def validate(self) -> "FinetuneConfig":
-        """Refuse bad values with a one-line UserError; fill unset options from the recipe. The batch size and
-        warm-up steps depend on the data: recipes.resolve_for_data fills them once it is loaded."""
+        """Refuse bad given values with a one-line UserError (options left unset are resolve_config's)."""
         if sum(map(bool, (self.data_dir, self.dataset_name, self.train_file))) > 1:
             raise UserError("give one of --data-dir, --dataset-name and --train-file")
         self._validate_manifests()
-        apply_recipe(self)
+        get_recipe(self.recipe)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
                     "gradient_accumulation_steps": self.gradient_accumulation_steps,
                     "max_train_samples": self.max_train_samples, "max_eval_samples": self.max_eval_samples}
         for name, value in positive.items():
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.lr <= 0 or self.head_lr_mult <= 0:
+        if any(value is not None and value <= 0 for value in (self.lr, self.head_lr_mult)):
             raise UserError("--lr and --head-lr-mult must be positive")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.drop_path < 1:
+        if not 0 <= (self.label_smoothing or 0) < 1 or not 0 <= self.drop_path < 1:
             raise UserError("--label-smoothing and --drop-path must be in [0, 1)")
         if self.mixup < 0 or self.cutmix < 0:
             raise UserError("--mixup and --cutmix are Beta alphas: 0 (off) or positive, e.g. 0.2 and 1.0")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.weight_decay < 0 or self.momentum < 0 or (self.warmup_steps or 0) < 0:
+        if min(self.weight_decay or 0, self.momentum or 0, self.warmup_steps or 0) < 0:
             raise UserError("--weight-decay, --momentum and --warmup-steps cannot be negative")
         if self.img_size is not None and self.img_size < 16:
             raise UserError(f"--img-size must be at least 16 pixels, got {self.img_size}")
         if not 0 <= self.freeze_fraction <= 1 or not 0 <= self.max_bad_fraction <= 1:
             raise UserError("--freeze-fraction and --max-bad-fraction must be between 0 and 1")
-        if not 0 <= self.freeze_epochs <= self.epochs:
+        if self.freeze_epochs is not None and not 0 <= self.freeze_epochs <= (self.epochs or self.freeze_epochs):
             raise UserError(f"--freeze-epochs must be between 0 and --epochs ({self.epochs})")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
@@ -372,6 +376,33 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What resolving the options needs beyond them: the data, the model and the machine the run has."""
+
+    train_size: int  # training images (after unreadable ones are dropped)
+    num_processes: int
+    pretrained: bool  # the backbone starts from trained weights
+    layer_groups: bool  # timm's group_matcher splits the model into layers (layer-wise LR decay needs it)
+    precision: Precision  # hardware.machine_precision's choice for --mixed-precision
+    default_num_workers: int  # DataLoader workers per process when --num-workers is not given
+
+
+def resolve_config(config: FinetuneConfig, facts: RunFacts) -> FinetuneConfig:
+    """The run's record: a copy of `config` with every derived value resolved, in this one step (the recipe's
+    values, batch size, warm-up, workers, precision), checked. The run, run_config.json, the start-up line, the
+    card and the resume identity read it; `config` itself stays as given."""
+    if config.precision is not None:
+        raise ValueError("resolve_config takes the options as given, not an already resolved record")
+    resolved = dataclasses.replace(config.validate())
+    resolved.recipe_values, resolved.recipe_adjusted = fill_from_recipe(
+        resolved, facts.train_size, facts.num_processes, facts.pretrained, facts.layer_groups)
+    if resolved.num_workers is None:
+        resolved.num_workers = facts.default_num_workers
+    resolved.precision = facts.precision
+    return resolved.validate()
 
 
 def _load_config_file(path: str) -> dict:

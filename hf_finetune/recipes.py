@@ -1,21 +1,18 @@
 """Training recipes: named sets of defaults for the options a user leaves unset (`--recipe NAME`).
 
 An option that the command line or a --config file gives is never touched; every option left at None
-takes the recipe's value, and `config.recipe_values` records what the recipe set (run_config.json, the
-start-up line and the model card show it). Two values depend on the data and are filled once it is loaded
-(`resolve_for_data`): the batch size (from the training set's size and the process count) and the LR
-warm-up (from the number of optimizer updates).
+takes the recipe's value. `fill_from_recipe` does it in one go, once the data and the model are known (the
+batch size follows the training set's size and the process count, the LR warm-up the number of optimizer
+updates, the layer-wise decay the model's layer groups); `config.resolve_config`, its only caller, records
+what it set (run_config.json, the start-up line and the model card show it).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
 from hf_finetune.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 # Decoupled AdamW decay for fine-tuning image models (timm's and the HF examples' AdamW recipes); the SGD
 # value of a recipe would be no decay at all for AdamW.
@@ -38,7 +35,8 @@ RECIPES = {
         "head warm-up then fine-tune (LP-FT, fastai's fine_tune): 5 epochs, the first 2 (at most half of "
         "--epochs) head-only, then every layer; SGD momentum 0.9, lr 2e-4, head x10, layer-wise LR decay "
         f"{LAYER_DECAY:g}, cosine LR with 10% warm-up, label smoothing 0.1, BatchNorm statistics kept (small "
-        "batches: at most 1/8 of the folder)",
+        "batches: at most 1/8 of the folder); with --no-pretrained no head-only epochs, no layer decay and "
+        "BatchNorm statistics trained",
         {"optimizer": "sgd", "head_lr_mult": 10.0, "lr_scheduler": "cosine", "epochs": 5,
          "freeze_epochs": lambda config: min(2, config.epochs // 2), "label_smoothing": 0.1, "freeze_bn": True,
          "layer_decay": LAYER_DECAY},
@@ -55,6 +53,10 @@ RECIPES = {
         batch_size="chapter", warmup_fraction=0.0),
 }
 DEFAULT_RECIPE = "lp-ft"
+# What a random backbone (--no-pretrained) gets instead of the recipe's values, for options left unset: the
+# head warm-up, frozen BatchNorm statistics and layer-wise LR decay all protect pretrained features; a random
+# backbone has none, and the chapter's scratch baseline trains every layer and its statistics from the start.
+SCRATCH_VALUES = {"freeze_epochs": 0, "freeze_bn": False, "layer_decay": 1.0}  # layer decay 1: off
 
 
 def get_recipe(name: str) -> Recipe:
@@ -63,38 +65,53 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def apply_recipe(config) -> dict:
-    """Fill every unset (None) option the recipe knows; return {option: value} of what it filled."""
+def backbone_lr(config) -> float:
+    """The backbone LR a run of `config` trains at: --lr, else the recipe's for its optimizer (the one recipe
+    value that compare.py's scratch variant needs before any data is loaded)."""
     recipe = get_recipe(config.recipe)
-    filled = _fill(config, recipe.values)
-    optimizer_values = recipe.sgd if config.optimizer == "sgd" else ADAMW_DEFAULTS
-    filled |= _fill(config, optimizer_values)
+    optimizer = config.optimizer or recipe.values["optimizer"]
+    return config.lr or (recipe.sgd if optimizer == "sgd" else ADAMW_DEFAULTS)["lr"]
+
+
+def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bool,
+                     layer_groups: bool) -> tuple[dict, dict]:
+    """Fill every unset (None) option of `config` (a copy `config.resolve_config` owns) that the recipe knows,
+    for this data (`train_size` images), process count and model (`pretrained`: whether the backbone starts
+    from trained weights; `layer_groups`: whether timm's group_matcher splits it into layers). Returns
+    ({option: value} the recipe set, {option: why} for each recipe value this model does not take)."""
+    recipe = get_recipe(config.recipe)
+    replaced = {} if pretrained else SCRATCH_VALUES
+    filled = _fill(config, {name: value for name, value in recipe.values.items() if name not in replaced})
+    adjusted = _adjust(config, recipe.values, replaced, "the backbone is random (--no-pretrained)")
+    filled |= _fill(config, recipe.sgd if config.optimizer == "sgd" else ADAMW_DEFAULTS)
     if config.momentum is None:  # AdamW has none; the field stays a number for the card and run_config
         filled |= _fill(config, {"momentum": 0.0})
-    return filled
-
-
-def resolve_warmup(config, total_updates: int) -> dict:
-    """Fill the warm-up steps, a fraction of all optimizer updates (optim.create_scheduler calls it)."""
-    return _fill(config, {"warmup_steps": math.ceil(get_recipe(config.recipe).warmup_fraction * total_updates)})
-
-
-def resolve_for_data(config, train_size: int, num_processes: int) -> dict:
-    """Fill the batch size, once the training set's size is known (before the loaders exist)."""
-    recipe = get_recipe(config.recipe)
+    if "layer_decay" in filled and not layer_groups:  # a --layer-decay given by hand is refused by layer_depths
+        adjusted["layer_decay"] = f"off, not the recipe's {config.layer_decay:g}: the model has no timm group_matcher"
+        config.layer_decay = None
+        del filled["layer_decay"]
     shares = num_processes * config.gradient_accumulation_steps
     size = 128 if recipe.batch_size == "chapter" else small_data_batch_size(train_size)
-    return _fill(config, {"batch_size": math.ceil(size / shares) * shares})
+    filled |= _fill(config, {"batch_size": math.ceil(size / shares) * shares})
+    # Updates per epoch: Accelerate pads each process to the same number of batches, and the last accumulation
+    # of an epoch steps too, so ceil(ceil(ceil(N / per device) / processes) / accumulation) = ceil(N / batch).
+    total_updates = math.ceil(train_size / config.batch_size) * config.epochs
+    filled |= _fill(config, {"warmup_steps": math.ceil(recipe.warmup_fraction * total_updates)})
+    return filled, adjusted
 
 
-def resolve_for_model(config, model) -> None:
-    """The recipe's layer-wise LR decay needs timm's layer groups: a model without a group_matcher trains without
-    it (a --layer-decay given by hand is refused there instead, by freezing.layer_depths)."""
-    if "layer_decay" in config.recipe_values and not hasattr(model, "group_matcher"):
-        logger.info("%s has no timm group_matcher: no layer-wise LR decay (the recipe's %g)", type(model).__name__,
-                    config.layer_decay)
-        config.layer_decay = None
-        del config.recipe_values["layer_decay"]
+def _adjust(config, recipe_values: dict, replacements: dict, reason: str) -> dict:
+    """Set each unset option of `replacements` that the recipe sets, instead of the recipe's value; returns
+    {option: why} of those that differ from it."""
+    adjusted = {}
+    for name, value in replacements.items():
+        if name in recipe_values and getattr(config, name) is None:
+            recipe_value = recipe_values.get(name)
+            recipe_value = recipe_value(config) if callable(recipe_value) else recipe_value
+            setattr(config, name, value)
+            if recipe_value != value:
+                adjusted[name] = f"{_format(value)}, not the recipe's {_format(recipe_value)}: {reason}"
+    return adjusted
 
 
 def small_data_batch_size(train_size: int) -> int:
@@ -110,15 +127,18 @@ def _fill(config, values: dict) -> dict:
             value = value(config) if callable(value) else value  # e.g. a share of the epochs
             setattr(config, name, value)
             filled[name] = value
-    config.recipe_values.update(filled)
     return filled
 
 
-def describe_recipe(config) -> str:
-    """The start-up line: the recipe and every value it set."""
-    values = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
-                       for name, value in config.recipe_values.items())
-    return f"recipe {config.recipe}: {values or 'every option it sets was given'}"
+def _format(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def describe_recipe(name: str, values: dict, adjusted: dict) -> str:
+    """The start-up line: the recipe, every value it set, and what it changed for this model."""
+    text = ", ".join(f"{option} {_format(value)}" for option, value in values.items())
+    changes = "".join(f"; {option} {why}" for option, why in adjusted.items())
+    return f"recipe {name}: {text or 'every option it sets was given'}{changes}"
 
 
 def recipe_card_rows(run: dict) -> list[tuple[str, str]]:
@@ -128,7 +148,9 @@ def recipe_card_rows(run: dict) -> list[tuple[str, str]]:
     values = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
                        for name, value in (recipe.get("values") or {}).items())
     weights = run.get("class_weights")
-    described = f"{recipe['name']} (set {values or 'nothing: every option it sets was given'})" if recipe else None
+    changed = "".join(f"; {name} {why}" for name, why in (recipe.get("adjusted") or {}).items())
+    described = (f"{recipe['name']} (set {values or 'nothing: every option it sets was given'}{changed})"
+                 if recipe else None)
     rows = [("recipe", described)] if recipe else []
     if "label_smoothing" not in config:  # a run from before the regularizers existed
         return rows

@@ -50,6 +50,7 @@ def finetune(config: FinetuneConfig, on_epoch_end: Sequence[Callable[[int, dict]
 
         main_process_checks(PartialState(cpu=cpu_only_launch()), partial(check_push_possible, config.push_to_hub))
     parts = create_training_parts(config)
+    config = parts.config  # from here on, the resolved record: every derived value filled once
     if parts.data.task == "multi-label":  # until the task object lands (issue 21): the integrator replaces this
         raise UserError(f"multi-label training lands with the task object; this data is multi-label "
                         f"({parts.data.task_reason}): until then, train on one label per image")
@@ -80,9 +81,9 @@ def record_start(parts: TrainingParts) -> None:
     """run_config.json (everything needed to reproduce the run) and the start-up lines, on the main process."""
     if not parts.accelerator.is_main_process:
         return
-    if parts.precision.slow_warning:
-        logger.warning(parts.precision.slow_warning)
     config, data, source = parts.config, parts.data, parts.source
+    if config.precision.slow_warning:
+        logger.warning(config.precision.slow_warning)
     trainable, total = parts.parameter_counts
     groups = describe_param_groups(parts.optimizer)
     class_weights = parts.task.class_weights
@@ -97,12 +98,13 @@ def record_start(parts: TrainingParts) -> None:
         "task": parts.task.name, "label_names": data.label_names, "label_matches": parts.reused_rows,
         "param_groups": groups,
         "num_processes": parts.accelerator.num_processes, "per_device_batch_size": parts.per_device_batch_size,
-        "mixed_precision": parts.precision.mixed_precision, "mixed_precision_reason": parts.precision.reason,
+        "mixed_precision": config.precision.mixed_precision, "mixed_precision_reason": config.precision.reason,
         "cpu": cpu_model(), "versions": library_versions(),
         "frozen": {"groups": config.freeze, "fraction": config.freeze_fraction, "num_params": total - trainable,
                    "head_warmup_epochs": config.freeze_epochs, "batchnorm_frozen": config.freeze_bn},
         "trainable_params": trainable, "total_params": total, "bad_files": data.bad_files,
-        "recipe": {"name": config.recipe, "values": config.recipe_values}, "class_weights": weights,
+        "recipe": {"name": config.recipe, "values": config.recipe_values, "adjusted": config.recipe_adjusted},
+        "class_weights": weights,
     }
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -110,8 +112,8 @@ def record_start(parts: TrainingParts) -> None:
     test = f" / {len(data.test)} {data.test_split}" if data.test is not None else ""
     print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split}{test} images, classes "
           f"{data.label_names}; {config.model}: {describe_learning_rates(groups)}")
-    print(f"trainable parameters: {trainable:,} of {total:,}; precision {parts.precision.describe()}")
-    print(describe_recipe(config))
+    print(f"trainable parameters: {trainable:,} of {total:,}; precision {config.precision.describe()}")
+    print(describe_recipe(config.recipe, config.recipe_values, config.recipe_adjusted))
     if weights:
         print("class weights (balanced): " + ", ".join(f"{name} {value:.3f}" for name, value in weights.items()))
 

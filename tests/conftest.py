@@ -57,6 +57,16 @@ def make_image_folder(root: Path, classes=("cat", "dog"), per_class=(8, 4), size
     return root
 
 
+def resolved(config, train_size: int = 200, num_processes: int = 1, pretrained: bool = True,
+             layer_groups: bool = True):
+    """`config` resolved as a run on `train_size` images with this model would resolve it (fp32, no workers)."""
+    from hf_finetune.config import RunFacts, resolve_config
+    from hf_finetune.hardware import Precision
+
+    return resolve_config(config, RunFacts(train_size, num_processes, pretrained, layer_groups,
+                                           Precision("no", "a test's"), default_num_workers=0))
+
+
 @pytest.fixture
 def tiny_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "tiny")

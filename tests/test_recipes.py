@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_image_folder, run_script
+from conftest import make_image_folder, resolved, run_script
 
 from hf_finetune.config import FinetuneConfig, parse_config
 from hf_finetune.errors import UserError
 from hf_finetune.model.optim import create_param_groups
-from hf_finetune.recipes import resolve_for_data, resolve_for_model, resolve_warmup, small_data_batch_size
+from hf_finetune.recipes import small_data_batch_size
 
 
 def test_d2l_recipe_is_the_chapter():
-    config = parse_config(["--recipe", "d2l"])
-    resolve_for_data(config, train_size=2000, num_processes=1)
-    resolve_warmup(config, total_updates=80)
+    config = resolved(parse_config(["--recipe", "d2l"]), train_size=2000)
     assert (config.optimizer, config.momentum, config.lr_scheduler, config.warmup_steps) == ("sgd", 0, "constant", 0)
     assert (config.lr, config.head_lr_mult, config.weight_decay) == (5e-5 * 128, 10, 1e-3 / 128)
     assert (config.batch_size, config.epochs, config.freeze_epochs, config.label_smoothing) == (128, 5, 0, 0)
@@ -24,15 +22,13 @@ def test_d2l_recipe_is_the_chapter():
 
 
 def test_default_recipe_warms_up_the_head_then_fine_tunes_with_momentum_cosine_and_smoothing():
-    config = parse_config([])
+    config = resolved(parse_config([]), train_size=200)
     assert config.recipe == "lp-ft"
     assert (config.freeze_epochs, config.momentum, config.lr_scheduler, config.label_smoothing) == (2, 0.9, "cosine",
                                                                                                    0.1)
     assert config.freeze_bn and config.lr == 2e-4 and config.layer_decay == 0.75
-    assert parse_config(["--epochs", "3"]).freeze_epochs == 1  # at most half the epochs head-only
-    assert parse_config(["--epochs", "1"]).freeze_epochs == 0
-    resolve_for_data(config, train_size=200, num_processes=1)
-    resolve_warmup(config, total_updates=13 * 5)
+    assert resolved(parse_config(["--epochs", "3"])).freeze_epochs == 1  # at most half the epochs head-only
+    assert resolved(parse_config(["--epochs", "1"])).freeze_epochs == 0
     assert config.batch_size == 16 and config.warmup_steps == 7  # ceil(10% of 13 x 5 updates)
     assert config.recipe_values["batch_size"] == 16 and config.recipe_values["warmup_steps"] == 7
 
@@ -47,28 +43,26 @@ def test_the_recipes_layer_decay_is_off_for_a_model_without_timm_layer_groups():
     import timm
 
     plain = timm.create_model("poolformerv2_s12", num_classes=2)  # timm's MetaFormer has no group_matcher
-    config = parse_config([])
-    resolve_for_model(config, timm.create_model("test_resnet", num_classes=2))
+    layer_groups = hasattr(timm.create_model("test_resnet", num_classes=2), "group_matcher")
+    config = resolved(parse_config([]), layer_groups=layer_groups)
     assert config.layer_decay == 0.75 and config.recipe_values["layer_decay"] == 0.75
-    resolve_for_model(config, plain)
+    config = resolved(parse_config([]), layer_groups=hasattr(plain, "group_matcher"))
     assert config.layer_decay is None and "layer_decay" not in config.recipe_values
     assert len(create_param_groups(plain, config)) == 2  # backbone and head, as without the recipe's decay
-    given = parse_config(["--layer-decay", "0.8"])
-    resolve_for_model(given, plain)
+    given = resolved(parse_config(["--layer-decay", "0.8"]), layer_groups=hasattr(plain, "group_matcher"))
     assert given.layer_decay == 0.8  # a flag given by hand is never dropped: layer_depths refuses the model
 
 
 def test_recipe_batch_size_is_a_multiple_of_processes_times_accumulation():
-    config = parse_config(["--gradient-accumulation-steps", "3"])
-    resolve_for_data(config, train_size=1000, num_processes=2)
+    config = resolved(parse_config(["--gradient-accumulation-steps", "3"]), train_size=1000, num_processes=2)
     assert config.batch_size == 66  # 64 rounded up to a multiple of 6
 
 
 def test_flags_and_config_files_win_over_the_recipe(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("momentum: 0.5\nbatch_size: 48\n")
-    config = parse_config(["--config", str(path), "--lr", "0.01", "--freeze-epochs", "0", "--label-smoothing", "0"])
-    resolve_for_data(config, train_size=200, num_processes=1)
+    config = resolved(parse_config(["--config", str(path), "--lr", "0.01", "--freeze-epochs", "0",
+                                    "--label-smoothing", "0"]), train_size=200)
     assert (config.lr, config.freeze_epochs, config.label_smoothing, config.momentum, config.batch_size) == (
         0.01, 0, 0, 0.5, 48)
     assert not {"lr", "freeze_epochs", "label_smoothing", "momentum", "batch_size"} & set(config.recipe_values)
@@ -76,7 +70,7 @@ def test_flags_and_config_files_win_over_the_recipe(tmp_path):
 
 
 def test_adamw_under_a_recipe_gets_adamw_values_not_the_sgd_ones():
-    config = parse_config(["--optimizer", "adamw"])
+    config = resolved(parse_config(["--optimizer", "adamw"]))
     assert (config.lr, config.weight_decay, config.momentum) == (1e-4, 0.05, 0.0)
 
 
@@ -108,3 +102,36 @@ def test_compare_has_the_d2l_and_default_recipes_as_a_row_pair(tmp_path):
     scratch = variant_args("scratch", ["--recipe", "d2l"], tmp_path)
     assert scratch[scratch.index("--lr") + 1] == repr(10 * 6.4e-3)  # 10x the recipe's LR, as the chapter
 
+
+
+def test_a_random_backbone_gets_no_head_warm_up_and_trains_batchnorm_statistics(tmp_path):
+    """Head-only epochs and fixed BatchNorm statistics protect pretrained features; a random backbone has none.
+    Given values still win, and compare.py's scratch variant resolves the same way."""
+    from hf_finetune.compare import variant_args
+
+    config = resolved(parse_config(["--no-pretrained"]), pretrained=False)
+    assert (config.freeze_epochs, config.freeze_bn, config.layer_decay) == (0, False, 1.0)
+    assert set(config.recipe_adjusted) == {"freeze_epochs", "freeze_bn", "layer_decay"}
+    assert config.recipe_adjusted["freeze_epochs"] == ("0, not the recipe's 2: the backbone is random "
+                                                       "(--no-pretrained)")
+    given = resolved(parse_config(["--no-pretrained", "--freeze-epochs", "1", "--freeze-bn"]), pretrained=False)
+    assert (given.freeze_epochs, given.freeze_bn) == (1, True) and "freeze_epochs" not in given.recipe_adjusted
+    scratch = resolved(parse_config(variant_args("scratch", ["--epochs", "4"], tmp_path)), pretrained=False)
+    assert (scratch.freeze_epochs, scratch.freeze_bn) == (0, False)
+    assert not resolved(parse_config(["--recipe", "d2l", "--no-pretrained"]), pretrained=False).recipe_adjusted
+
+
+def test_a_scratch_run_says_what_the_recipe_changed_and_trains_every_layer_and_statistic(tmp_path):
+    from safetensors.torch import load_file
+
+    folder = make_image_folder(tmp_path / "photos", per_class=(16, 4))
+    out = tmp_path / "out"
+    result = run_script("finetune.py", "--data-dir", folder, "--model", "test_resnet", "--no-pretrained",
+                        "--img-size", "64", "--num-workers", "0", "--epochs", "2", "--output-dir", out)
+    assert "head only" not in result.stdout
+    assert "freeze_epochs 0, not the recipe's 1: the backbone is random (--no-pretrained)" in result.stdout
+    run = json.loads((out / "run_config.json").read_text())
+    assert (run["config"]["freeze_epochs"], run["config"]["freeze_bn"]) == (0, False)
+    assert set(run["recipe"]["adjusted"]) == {"freeze_epochs", "freeze_bn", "layer_decay"}
+    weights = load_file(out / "model.safetensors")
+    assert weights["bn1.running_mean"].abs().sum() > 0, "BatchNorm statistics left at their initial zeros"

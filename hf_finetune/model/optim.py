@@ -12,7 +12,6 @@ from torch import nn
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.model.freezing import layer_depths
 from hf_finetune.model.create import head_parameter_names
-from hf_finetune.recipes import resolve_warmup
 
 
 def create_param_groups(model: nn.Module, config: FinetuneConfig) -> list[dict]:
@@ -56,7 +55,6 @@ def create_scheduler(optimizer: torch.optim.Optimizer, config: FinetuneConfig, t
     """A schedule over optimizer updates (not micro-batches, not per-process steps)."""
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-    resolve_warmup(config, total_updates)  # the recipe's share of the updates, unless --warmup-steps was given
     if config.lr_scheduler == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_updates)
     return get_constant_schedule_with_warmup(optimizer, config.warmup_steps)

@@ -17,9 +17,19 @@ from typing import Optional
 
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.errors import UserError
+from hf_finetune.recipes import fill_from_recipe
 
 # Options a trial must not choose: where its run goes and whether it is pushed belong to the sweep.
 NOT_SEARCHABLE = ("output_dir", "resume", "push_to_hub", "hub_public", "recipe_values")
+
+
+def recipe_centre(options: FinetuneConfig) -> FinetuneConfig:
+    """The flags as given with the recipe's values filled in, before any data is known: the centre of the search.
+    Only data-independent values are read from it (LR, weight decay, epochs); the batch size and warm-up that
+    fill_from_recipe derives from the data stay each trial's run to resolve."""
+    centre = dataclasses.replace(options)
+    fill_from_recipe(centre, train_size=0, num_processes=1, pretrained=options.pretrained, layer_groups=True)
+    return centre
 
 
 def default_space(base: FinetuneConfig) -> dict[str, dict]:
@@ -45,7 +55,7 @@ def default_space(base: FinetuneConfig) -> dict[str, dict]:
 
 def load_space(base: FinetuneConfig, path: Optional[str] = None) -> dict[str, dict]:
     """The default space, with the options a YAML file names replaced (or removed, when null); checked."""
-    space = default_space(base)
+    space = default_space(recipe_centre(base))
     if path:
         import yaml
 

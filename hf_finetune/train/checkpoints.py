@@ -192,16 +192,6 @@ def find_checkpoint(output_dir: Path, resume: Optional[str]) -> Optional[Path]:
     return None
 
 
-def check_identity(path: Path, identity: dict) -> None:
-    """Refuse to resume a checkpoint made with other classes, data, model or process layout."""
-    saved = json.loads((path / "identity.json").read_text())
-    differences = [f"{key}: checkpoint {saved.get(key)!r}, now {value!r}" for key, value in identity.items()
-                   if saved.get(key) != value]
-    if differences:
-        raise UserError(f"cannot resume {path}: it was made with other settings ({'; '.join(differences)}); "
-                        "use the original settings, another --output-dir, or --resume none to start over")
-
-
 def read_checkpoint(path: Path) -> dict:
     """Everything in a checkpoint, as plain data (tensors, numbers), on the main process; `resume.py` sends it
     to the others and each applies it with `apply_checkpoint`."""

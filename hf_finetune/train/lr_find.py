@@ -36,48 +36,58 @@ def default_steps(updates_per_epoch: int) -> int:
 
 
 def find_lr(config, steps=None, start_lr: float = 1e-7, end_lr: float = 1.0) -> RangeTest:
-    from hf_finetune.model.freezing import frozen_batchnorms
-    from hf_finetune.model.create import unwrap
+    """The range test for the run `config` describes (options as given: resolved here as the run resolves them)."""
+    from hf_finetune.recipes import describe_recipe
     from hf_finetune.train.parts import create_training_parts
 
     with tempfile.TemporaryDirectory(prefix="lr_find-") as scratch:
-        config = dataclasses.replace(config, output_dir=scratch, resume="none", report_to="none", freeze_epochs=0)
-        config.validate()
-        parts = create_training_parts(config)
-        steps = steps or default_steps(math.ceil(len(parts.train_loader) / config.gradient_accumulation_steps))
-        # The configured rates (a warm-up schedule has already set "lr" to its first value).
-        ratios = [group.get("initial_lr", group["lr"]) / config.lr for group in parts.optimizer.param_groups]
-        parts.model.train()
-        for norm in frozen_batchnorms(unwrap(parts.model), all_of_them=config.freeze_bn):
-            norm.eval()
-        lrs, losses = _sweep(parts, ratios, steps, start_lr, end_lr)
+        options = dataclasses.replace(config, output_dir=scratch, resume="none", report_to="none", freeze_epochs=0)
+        parts = create_training_parts(options.validate())
+        resolved = parts.config
+        parts.accelerator.print(describe_recipe(resolved.recipe, resolved.recipe_values, resolved.recipe_adjusted))
+        updates_per_epoch = math.ceil(len(parts.train_loader) / resolved.gradient_accumulation_steps)
+        lrs, losses = sweep(parts, steps or default_steps(updates_per_epoch), start_lr, end_lr)
     return _suggest(lrs, losses)
 
 
-def _sweep(parts, ratios: list[float], steps: int, start_lr: float, end_lr: float):
+def sweep(parts, steps: int, start_lr: float, end_lr: float) -> tuple[list[float], list[float]]:
+    """Train `steps` optimizer updates with the backbone LR growing exponentially from start_lr to end_lr (each
+    group keeping its ratio to it); the LR and the smoothed loss of each update. With gradient accumulation an
+    update is its micro-batches (as in training), and its loss their mean."""
+    from hf_finetune.model.create import unwrap
+    from hf_finetune.model.freezing import frozen_batchnorms
+
     accelerator, model, optimizer, task = parts.accelerator, parts.model, parts.optimizer, parts.task
-    lrs, losses, average, best, step, epoch = [], [], 0.0, math.inf, 0, 0
-    while step < steps:
+    # The configured rates (a warm-up schedule has already set "lr" to its first value).
+    ratios = [group.get("initial_lr", group["lr"]) / parts.config.lr for group in optimizer.param_groups]
+    model.train()
+    for norm in frozen_batchnorms(unwrap(model), all_of_them=parts.config.freeze_bn):
+        norm.eval()
+    lrs, losses, micro_losses, average, best, batch_index, epoch = [], [], [], 0.0, math.inf, 0, 0
+    while len(lrs) < steps:
         epoch += 1
         parts.train_loader.set_epoch(epoch)
         for batch in parts.train_loader:
-            lr = start_lr * (end_lr / start_lr) ** (step / max(steps - 1, 1))
+            lr = start_lr * (end_lr / start_lr) ** (len(lrs) / max(steps - 1, 1))
             for group, ratio in zip(optimizer.param_groups, ratios):
                 group["lr"] = lr * ratio
             images, targets = task.training_batch(parts.normalize(batch["pixel_values"]), batch["label"],
-                                                  key=(epoch, step))
-            loss = task.loss(model(images), targets)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad()
-            value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-            average = SMOOTHING * average + (1 - SMOOTHING) * value
-            smoothed = average / (1 - SMOOTHING ** (step + 1))
-            step += 1
+                                                  key=(epoch, batch_index, accelerator.process_index))
+            batch_index += 1
+            with accelerator.accumulate(model):  # the prepared optimizer steps only when the update is complete
+                loss = task.loss(model(images), targets)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            micro_losses.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())
+            if not accelerator.sync_gradients:
+                continue
+            average = SMOOTHING * average + (1 - SMOOTHING) * sum(micro_losses) / len(micro_losses)
+            smoothed, micro_losses = average / (1 - SMOOTHING ** (len(lrs) + 1)), []
             lrs.append(lr)
             losses.append(smoothed)
             best = min(best, smoothed)
-            if step >= steps or not math.isfinite(smoothed) or smoothed > DIVERGED * best:
+            if len(lrs) >= steps or not math.isfinite(smoothed) or smoothed > DIVERGED * best:
                 return lrs, losses
     return lrs, losses
 

@@ -12,18 +12,19 @@ from functools import partial
 import torch
 
 from hf_finetune.data.cache import data_fingerprint, prepare_images
-from hf_finetune.config import FinetuneConfig
+from hf_finetune.config import FinetuneConfig, RunFacts, resolve_config
 from hf_finetune.data.sources import ImageData, load_image_data
 from hf_finetune.model.ema import create_ema
 from hf_finetune.errors import UserError
 from hf_finetune.model.freezing import backbone_parameters, count_parameters, parameters_to_freeze, set_requires_grad
+from hf_finetune.train.identity import run_identity
 from hf_finetune.train.guard import node_main_first
-from hf_finetune.hardware import Precision, cpu_only_launch, machine_precision
-from hf_finetune.data.loaders import Normalize, create_dataloaders, create_eval_loader, create_normalize
+from hf_finetune.hardware import cpu_only_launch, machine_precision
+from hf_finetune.data.loaders import (Normalize, create_dataloaders, create_eval_loader, create_normalize,
+                                      default_num_workers)
 from hf_finetune.model.create import SourceModel, create_classifier
 from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
 from hf_finetune.model.optim import create_optimizer, create_param_groups, create_scheduler
-from hf_finetune.recipes import resolve_for_data, resolve_for_model
 from hf_finetune.model.reuse import reuse_classifier_rows
 
 
@@ -31,7 +32,6 @@ from hf_finetune.model.reuse import reuse_classifier_rows
 class TrainingParts:
     config: FinetuneConfig
     accelerator: "accelerate.Accelerator"  # noqa: F821
-    precision: Precision
     data: ImageData
     source: SourceModel
     model: torch.nn.Module  # prepared: wrapped in DDP with several processes
@@ -41,7 +41,7 @@ class TrainingParts:
     eval_loader: torch.utils.data.DataLoader
     normalize: Normalize  # the loaders' uint8 batch -> model input, on its device
     per_device_batch_size: int
-    identity: dict  # what a checkpoint must have been made with to be resumed (checkpoints.check_identity)
+    identity: dict  # what a checkpoint must have been made with to be resumed (identity.check_identity)
     parameter_counts: tuple[int, int]  # (trainable, total); the head warm-up's temporary freeze not counted
     reused_rows: list = field(default_factory=list)  # head rows copied from the source classifier
     warmup_frozen: set = field(default_factory=set)  # backbone parameters frozen during the head warm-up
@@ -50,7 +50,7 @@ class TrainingParts:
     task: Task = None  # targets, loss, metrics, decisions (tasks/); with the run's loss options
 
 
-def create_accelerator(config: FinetuneConfig, precision: Precision):
+def create_accelerator(config: FinetuneConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
@@ -59,7 +59,7 @@ def create_accelerator(config: FinetuneConfig, precision: Precision):
         cpu=cpu_only_launch(),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         dynamo_backend="inductor" if config.compile else None,
-        mixed_precision=precision.mixed_precision,
+        mixed_precision=config.precision.mixed_precision,
         log_with=report_to or None,
         project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=config.output_dir),
         # No DataLoaderConfiguration: the shuffle order and augmentation come from sampling.py's seeded
@@ -86,21 +86,32 @@ def per_device_batch_size(config: FinetuneConfig, num_processes: int) -> int:
     return config.batch_size // shares
 
 
-def create_training_parts(config: FinetuneConfig) -> TrainingParts:
+def create_training_parts(options: FinetuneConfig) -> TrainingParts:
+    """Load the data and create the model, resolve the options into the run's record (`config.resolve_config`,
+    once both are known), then build everything else from that record."""
+    from accelerate import PartialState
     from accelerate.utils import set_seed
 
-    precision = machine_precision(config.mixed_precision)
-    accelerator = create_accelerator(config, precision)
-    set_seed(config.seed)
+    processes = PartialState(cpu=cpu_only_launch())  # the process group, before the Accelerator exists
+    set_seed(options.seed)
     # Once per machine (its local main process first): the download and the datasets cache are on its disk.
-    data = node_main_first(accelerator, partial(load_image_data, config))
-    resolve_for_data(config, len(data.train), accelerator.num_processes)  # the recipe's batch size
-    batch_per_device = per_device_batch_size(config, accelerator.num_processes)
-    model, source, reused_rows = _create_model(config, data.label_names)
+    data = node_main_first(processes, partial(load_image_data, options))
+    model, source = create_classifier(options.model, data.label_names, options.pretrained, options.pretrained_path,
+                                      options.img_size, options.drop_path)
     fingerprints = data_fingerprint(data.train), data_fingerprint(data.eval)  # of the files, cached or not
     # The decode-once cache, likewise per machine; the main process alone reports bad files.
-    data = node_main_first(accelerator, partial(prepare_images, data, model, config.cache, config.max_bad_fraction,
-                                                report=accelerator.is_main_process))
+    data = node_main_first(processes, partial(prepare_images, data, model, options.cache, options.max_bad_fraction,
+                                              report=processes.is_main_process))
+    config = resolve_config(options, RunFacts(
+        train_size=len(data.train), num_processes=processes.num_processes, pretrained=source.pretrained,
+        layer_groups=hasattr(model, "group_matcher"), precision=machine_precision(options.mixed_precision),
+        default_num_workers=default_num_workers(processes.num_processes)))
+    accelerator = create_accelerator(config)
+    batch_per_device = per_device_batch_size(config, accelerator.num_processes)
+    reused_rows = (reuse_classifier_rows(model, source, data.label_names, config.label_map)
+                   if config.reuse_classifier and source.pretrained else [])
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
                                                    accelerator.num_processes, config.seed, config.auto_augment)
     task = create_task(SINGLE_LABEL, data.label_names, config, data.train["label"])
@@ -117,23 +128,7 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
     test_loader = accelerator.prepare(test_loader) if test_loader is not None else None
     updates_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     scheduler = accelerator.prepare(create_scheduler(optimizer, config, updates_per_epoch * config.epochs))
-    identity = {"model": config.model, "label_names": data.label_names, "train_data": fingerprints[0],
-                "eval_data": fingerprints[1], "num_processes": accelerator.num_processes,
-                "batch_size": config.batch_size, "gradient_accumulation_steps": config.gradient_accumulation_steps}
-    if config.model_ema:  # only then: checkpoints of runs without it keep their identity
-        identity["model_ema"] = True
-    return TrainingParts(config, accelerator, precision, data, source, model, optimizer, scheduler, train_loader,
+    identity = run_identity(config, data.label_names, fingerprints, accelerator.num_processes)
+    return TrainingParts(config, accelerator, data, source, model, optimizer, scheduler, train_loader,
                          eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen,
                          create_ema(model, config), test_loader, task)
-
-
-def _create_model(config: FinetuneConfig, label_names: list[str]):
-    model, source = create_classifier(config.model, label_names, config.pretrained, config.pretrained_path,
-                                      config.img_size, config.drop_path)
-    resolve_for_model(config, model)
-    reused_rows = (reuse_classifier_rows(model, source, label_names, config.label_map)
-                   if config.reuse_classifier and source.pretrained else [])
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model, source, reused_rows
-

@@ -9,18 +9,19 @@ own RNG state and metric sums of an interrupted epoch.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from hf_finetune.train.checkpoints import TrainingProgress, check_identity, checkpoints_dir, find_checkpoint, read_checkpoint
+from hf_finetune.train.checkpoints import TrainingProgress, checkpoints_dir, find_checkpoint, read_checkpoint
 from hf_finetune.train.engine import ResumePoint
 from hf_finetune.errors import UserError
 from hf_finetune.train.guard import leave_together
+from hf_finetune.train.identity import check_identity
 from hf_finetune.model.create import unwrap
 from hf_finetune.train.rng import restore_rng_state
+from hf_finetune.train.selection import carry_best_weights
 
 if TYPE_CHECKING:
     from hf_finetune.train.parts import TrainingParts
@@ -77,6 +78,8 @@ def _find_start(parts: TrainingParts) -> dict:
             return {"checkpoint": None}
         check_identity(path, parts.identity)
         checkpoint = read_checkpoint(path)
+        if not config.save_last:  # the same as the checkpoint's run: its identity says so
+            carry_best_weights(path, checkpoint["progress"], output_dir)
     except UserError as error:
         return {"error": str(error)}
     done = checkpoint["progress"]["epoch"] >= config.epochs or checkpoint["progress"].get("stopped_early")
@@ -108,21 +111,9 @@ def apply_checkpoint(parts: TrainingParts, checkpoint: dict, progress: TrainingP
     unwrap(parts.model).load_state_dict(checkpoint["model"])
     if getattr(parts, "ema", None) is not None:  # its presence is part of the checkpoint's identity
         parts.ema.module.load_state_dict(checkpoint["ema"])
-    optimizer = parts.optimizer
-    wanted = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    restored = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-    if parts.accelerator.is_main_process and not all(map(math.isclose, wanted, restored)):
-        # As the HF Trainer does, a resumed run keeps its optimizer and schedule: say so rather than ignore it.
-        logger.warning("resuming from %s with its own learning rates %s, not the %s this command asks for; "
-                       "--resume none starts over with them", Path(checkpoint["path"]).name, _rates(restored),
-                       _rates(wanted))
+    parts.optimizer.load_state_dict(checkpoint["optimizer"])  # the same options: the same parameter groups
     parts.scheduler.load_state_dict(checkpoint["scheduler"])
     if parts.accelerator.scaler is not None and checkpoint["scaler"] is not None:
         parts.accelerator.scaler.load_state_dict(checkpoint["scaler"])
     progress.load_state_dict(checkpoint["progress"])
     return checkpoint["rng"][parts.accelerator.process_index]
-
-
-def _rates(rates: list[float]) -> str:
-    return "/".join(f"{rate:g}" for rate in rates)

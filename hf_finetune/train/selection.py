@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from hf_finetune.train.checkpoints import TrainingProgress, checkpoints_dir, fsync_tree, remove_checkpoint
+from hf_finetune.train.checkpoints import EMA_FILE, TrainingProgress, checkpoints_dir, fsync_tree, remove_checkpoint
 from hf_finetune.model.ema import ema_state, share_ema_statistics
 from hf_finetune.train.engine import evaluate
 from hf_finetune.errors import UserError
@@ -99,6 +99,38 @@ def save_best(parts: TrainingParts, progress: TrainingProgress) -> None:
     remove_checkpoint(final)  # a leftover of an interrupted run that redoes this epoch: no checkpoint names it
     os.replace(staging, final)
     fsync_tree(final.parent)
+
+
+def carry_best_weights(checkpoint: Path, progress: dict, output_dir: Path) -> None:
+    """Before a resumed run trains (main process): make OUTPUT_DIR/checkpoints hold the best weights `checkpoint`
+    names. They are its best-epoch-NNNN/ neighbour (copied when the checkpoint is another folder's), or, for the
+    epoch-end checkpoint of the best epoch, its own weights; gone, the resume is refused now rather than after
+    all the training."""
+    best = progress.get("best")
+    if best is None:
+        return
+    target = best_dir(output_dir, best["epoch"])
+    beside = Path(checkpoint).parent / target.name
+    if beside.resolve() == target.resolve() and (target / "model.safetensors").is_file():
+        return
+    own = Path(checkpoint) / (EMA_FILE if best["weights"] == "ema" else "model.safetensors")
+    if (beside / "model.safetensors").is_file():
+        weights = beside / "model.safetensors"
+    elif best["epoch"] == progress["epoch"] and not progress["step"] and own.is_file():
+        weights = own
+    else:
+        raise UserError(f"cannot resume {checkpoint}: the best weights it names ({target.name}, the "
+                        f"{best['weights']} weights of epoch {best['epoch']}) are no longer beside it in "
+                        f"{beside.parent}; resume from a checkpoint whose best weights are kept, or pass --resume "
+                        "none to start over")
+    staging = target.with_name(".staging-" + target.name)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(weights, staging / "model.safetensors")
+    fsync_tree(staging)
+    remove_checkpoint(target)
+    os.replace(staging, target)
+    fsync_tree(target.parent)
 
 
 def prune_best(parts: TrainingParts, progress: TrainingProgress) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import resolved
 
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.errors import UserError
@@ -13,7 +14,7 @@ from hf_finetune.train.parts import per_device_batch_size
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit", "tf_efficientnet_lite0"])
 def test_head_lr_is_exactly_k_times_backbone_after_the_scheduler(name):
-    config = FinetuneConfig(lr=0.01, head_lr_mult=7.0, layer_decay=1, lr_scheduler="cosine", warmup_steps=2).validate()
+    config = resolved(FinetuneConfig(lr=0.01, head_lr_mult=7.0, layer_decay=1, lr_scheduler="cosine", warmup_steps=2))
     model, _ = create_classifier(name, ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     scheduler = create_scheduler(optimizer, config, total_updates=10)
@@ -30,7 +31,7 @@ def test_head_lr_is_exactly_k_times_backbone_after_the_scheduler(name):
 
 
 def test_one_group_without_param_group():
-    config = FinetuneConfig(lr=0.02, param_group=False, warmup_steps=0).validate()
+    config = resolved(FinetuneConfig(lr=0.02, param_group=False, warmup_steps=0))
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     create_scheduler(optimizer, config, total_updates=5)
@@ -39,7 +40,7 @@ def test_one_group_without_param_group():
 
 
 def test_chapter_sgd_defaults():
-    config = FinetuneConfig(recipe="d2l").validate()
+    config = resolved(FinetuneConfig(recipe="d2l"))
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     assert type(optimizer).__name__ == "SGD"
@@ -62,14 +63,14 @@ def test_indivisible_global_batch_is_refused():
 def test_adamw_gets_adamws_usual_weight_decay_and_an_explicit_value_wins():
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     for given, expected in ((None, 0.05), (0.01, 0.01), (0.0, 0.0)):
-        config = FinetuneConfig(optimizer="adamw", weight_decay=given).validate()
+        config = resolved(FinetuneConfig(optimizer="adamw", weight_decay=given))
         optimizer = create_optimizer(create_param_groups(model, config), config)
         assert type(optimizer).__name__ == "AdamW"
         assert {group["weight_decay"] for group in optimizer.param_groups} == {expected}
 
 
 def test_a_warm_up_records_the_configured_learning_rates_not_its_starting_zero():
-    config = FinetuneConfig(lr=0.01, layer_decay=1, warmup_steps=5).validate()
+    config = resolved(FinetuneConfig(lr=0.01, layer_decay=1, warmup_steps=5))
     model, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     create_scheduler(optimizer, config, total_updates=20)

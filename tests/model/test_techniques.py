@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import HOTDOG_MINI, LITE0_WEIGHTS, run_script
+from conftest import HOTDOG_MINI, LITE0_WEIGHTS, resolved, run_script
 from safetensors.torch import load_file, save_file
 
 from hf_finetune.config import FinetuneConfig
@@ -54,7 +54,7 @@ def test_frozen_parameters_are_not_in_the_optimizer():
     assert frozen == {n for n, _ in model.named_parameters() if n.startswith(("conv1.", "bn1."))} != set()
     for name, param in model.named_parameters():
         param.requires_grad_(name not in frozen)
-    optimizer = create_optimizer(create_param_groups(model, FinetuneConfig().validate()), FinetuneConfig().validate())
+    optimizer = create_optimizer(create_param_groups(model, resolved(FinetuneConfig())), resolved(FinetuneConfig()))
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert in_optimizer == {id(p) for n, p in model.named_parameters() if n not in frozen}
     trainable, total = count_parameters(model)
@@ -88,8 +88,8 @@ def test_head_warmup_moves_only_the_head(tiny_folder, tmp_path, start_weights):
 
 @pytest.mark.parametrize("name", ["resnet18", "test_vit", "tf_efficientnet_lite0"])
 def test_layer_decay_lr_is_base_times_mult_times_decay_to_the_depth(name):
-    config = FinetuneConfig(lr=0.01, head_lr_mult=10, layer_decay=0.75, lr_scheduler="cosine",
-                            warmup_steps=0).validate()
+    config = resolved(FinetuneConfig(lr=0.01, head_lr_mult=10, layer_decay=0.75, lr_scheduler="cosine",
+                                     warmup_steps=0))
     model, _ = create_classifier(name, ["a", "b"], pretrained=False)
     optimizer = create_optimizer(create_param_groups(model, config), config)
     create_scheduler(optimizer, config, total_updates=10)
