@@ -6,6 +6,7 @@ login), so it cannot leak into logs, files or the card.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -16,6 +17,7 @@ import torch
 
 from hf_finetune.publish.card import read_run_records, write_model_card
 from hf_finetune.errors import UserError, first_line
+from hf_finetune.files import sha256_of
 from hf_finetune.serve.predict import load_classifier
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ Result = TypeVar("Result")
 
 def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
     """Create `repo_id` if needed, commit the model, card and curves in one commit, verify; the commit URL."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import HfApi
 
     output_dir = Path(output_dir)
     check_push_possible(repo_id)
@@ -48,17 +50,42 @@ def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
     repo_url = _with_retries(f"create the Hub repo {repo_id}", retry_command,
                              lambda: api.create_repo(repo_id, private=private, exist_ok=True))
     repo_id = repo_url.repo_id  # with the namespace the Hub filled in for a bare name
-    write_model_card(output_dir, repo_id)  # the card names the real repo in its snippets
-    # Operations are consumed by a commit attempt, so every retry builds fresh ones. A retry after a
-    # commit whose answer was lost uploads nothing: create_commit drops files the Hub already has.
-    commit = _with_retries(f"upload {output_dir} to {repo_id}", retry_command, lambda: api.create_commit(
-        repo_id,
-        [CommitOperationAdd(path_in_repo=name, path_or_fileobj=output_dir / name) for name in PUSHED_FILES
-         if (output_dir / name).is_file()],
-        commit_message=f"Upload fine-tuned model (eval accuracy {final['eval_acc']:.4f})",
-    ))
+    message = f"Upload fine-tuned model (eval accuracy {final['eval_acc']:.4f})"
+    # Operations are consumed by a commit attempt, so every retry builds fresh ones (and looks at the repo's
+    # export afresh). A retry after a commit whose answer was lost uploads nothing: create_commit drops files the
+    # Hub already has, and the export it removed is no longer there to remove.
+    commit = _with_retries(f"upload {output_dir} to {repo_id}", retry_command,
+                           lambda: _commit_run(api, output_dir, repo_id, message))
     verify_pushed(output_dir, repo_id, commit.oid)
     return commit.commit_url
+
+
+def _commit_run(api, output_dir: Path, repo_id: str, message: str):
+    """One commit: the run's files added, the repo's ONNX export removed unless it was made from these weights."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    stale, kept = _repo_export(api, repo_id, sha256_of(output_dir / "model.safetensors"))
+    write_model_card(output_dir, repo_id, onnx=kept)  # the card names the real repo, and its export if kept
+    return api.create_commit(
+        repo_id,
+        [CommitOperationAdd(path_in_repo=name, path_or_fileobj=output_dir / name) for name in PUSHED_FILES
+         if (output_dir / name).is_file()] + [CommitOperationDelete(path_in_repo=name) for name in stale],
+        commit_message=message + ("; remove the ONNX export of other weights" if stale else ""),
+    )
+
+
+def _repo_export(api, repo_id: str, model_sha256: str) -> tuple[list[str], bool]:
+    """(the repo's export files made from other weights than `model_sha256`, whether an export of them stays)."""
+    from huggingface_hub import hf_hub_download
+
+    from hf_finetune.serve.onnx_model import EXPORT_FILES, PREPROCESSOR_FILE
+
+    present = [name for name in api.list_repo_files(repo_id) if name in EXPORT_FILES]
+    if PREPROCESSOR_FILE in present:
+        config = json.loads(Path(hf_hub_download(repo_id, PREPROCESSOR_FILE)).read_text())
+        if config.get("weights_sha256") == model_sha256 and len(present) == len(EXPORT_FILES):
+            return [], True
+    return present, False
 
 
 def push_onnx(export_dir: Path, repo_id: str, run_dir: Optional[Path] = None) -> str:
@@ -66,11 +93,11 @@ def push_onnx(export_dir: Path, repo_id: str, run_dir: Optional[Path] = None) ->
     regenerated to show onnxruntime usage when `run_dir` (a finished run) is given; the commit URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_finetune.serve.onnx_model import ONNX_FILE, PREPROCESSOR_FILE
+    from hf_finetune.serve.onnx_model import EXPORT_FILES
 
     export_dir = Path(export_dir)
     check_push_possible(repo_id)
-    files = {name: export_dir / name for name in (ONNX_FILE, PREPROCESSOR_FILE)}
+    files = {name: export_dir / name for name in EXPORT_FILES}
     if run_dir is not None:
         files["README.md"] = write_model_card(run_dir, repo_id, onnx=True)
     api = HfApi()

@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
 from hf_finetune.errors import UserError, first_line
+from hf_finetune.files import sha256_of
 from hf_finetune.data.images import ImageSettings
 from hf_finetune.serve.preprocess import EvalPreprocess
 
 ONNX_FILE, PREPROCESSOR_FILE = "model.onnx", "preprocessor.json"
+EXPORT_FILES = (ONNX_FILE, PREPROCESSOR_FILE)  # an export's files: published, replaced and removed together
+WEIGHTS_FILE = "model.safetensors"  # preprocessor.json's weights_sha256 is this file's, beside it when exported
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 EXTRA_HINT = 'pip install -e ".[onnx]"'
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
@@ -47,8 +50,9 @@ def require(*modules: str) -> None:
                             f"`{EXTRA_HINT}`") from None
 
 
-def preprocessor_config(model: torch.nn.Module, label_names: list[str]) -> dict:
-    """What preprocessor.json holds for `model` (its resolved timm data config) and its labels."""
+def preprocessor_config(model: torch.nn.Module, label_names: list[str], weights_sha256: Optional[str]) -> dict:
+    """What preprocessor.json holds for `model` (its resolved timm data config), its labels and the sha256 of the
+    model.safetensors it was exported from (None: a source without one)."""
     from timm.data import resolve_model_data_config
 
     config = resolve_model_data_config(model)
@@ -59,6 +63,7 @@ def preprocessor_config(model: torch.nn.Module, label_names: list[str]) -> dict:
         "crop_mode": settings.crop_mode,
         "resize_shorter_side": settings.short_side,
         "label_names": list(label_names),
+        "weights_sha256": weights_sha256,
         "preprocessing": PREPROCESSING,
     }
 
@@ -92,6 +97,7 @@ def load_onnx_classifier(name_or_path: Union[str, Path]) -> OnnxClassifier:
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"{folder / PREPROCESSOR_FILE}: unreadable ({first_line(error)}); export the model again "
                         "with scripts/export.py") from None
+    check_export_is_current(folder, config)
     providers = [name for name in ("CUDAExecutionProvider", "CPUExecutionProvider")
                  if name in onnxruntime.get_available_providers()]
     try:
@@ -99,6 +105,16 @@ def load_onnx_classifier(name_or_path: Union[str, Path]) -> OnnxClassifier:
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
         raise UserError(f"onnxruntime cannot load {folder / ONNX_FILE}: {first_line(error)}") from None
     return OnnxClassifier(session, EvalPreprocess(settings), list(config["label_names"]), config["input_name"])
+
+
+def check_export_is_current(folder: Path, config: dict) -> None:
+    """Refuse an export that sits beside other weights than it was made from (retrained into the same folder).
+    A Hub repo is kept consistent by the push itself (hub.push_to_hub removes a stale export), and its download
+    here holds no weights to compare with."""
+    weights = folder / WEIGHTS_FILE
+    if weights.is_file() and config.get("weights_sha256") != sha256_of(weights):
+        raise UserError(f"{folder / ONNX_FILE} was exported from other weights than {weights} (trained again "
+                        f"since?): export it again with `python scripts/export.py {folder} --format onnx`")
 
 
 def _local_files(name_or_path: Union[str, Path]) -> Path:
@@ -114,11 +130,11 @@ def _local_files(name_or_path: Union[str, Path]) -> Path:
         source, _, revision = name[len("hf-hub:"):].partition("@")
         try:
             folder = Path(snapshot_download(source, revision=revision or None,
-                                            allow_patterns=[ONNX_FILE, PREPROCESSOR_FILE]))
+                                            allow_patterns=list(EXPORT_FILES)))
         except Exception as error:  # missing, private, offline
             raise UserError(f"could not download {ONNX_FILE} from {source}: {first_line(error)}; check the name, "
                             "and for a private repo set HF_TOKEN or run `hf auth login`") from None
-    missing = [file for file in (ONNX_FILE, PREPROCESSOR_FILE) if not (folder / file).is_file()]
+    missing = [file for file in EXPORT_FILES if not (folder / file).is_file()]
     if missing:
         raise UserError(f"{source} has no {' or '.join(missing)}: export it with "
                         f"`python scripts/export.py {source} --format onnx` (--push-to-hub to publish it)")
