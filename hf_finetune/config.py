@@ -329,6 +329,7 @@ class FinetuneConfig:
                 raise UserError(f"--{name.replace('_', '-')} cannot be negative, got {getattr(self, name)}")
         if not 0 <= self.seed < 2 ** 32:
             raise UserError(f"--seed must be in [0, 2**32) (numpy's seeds), got {self.seed}")
+        self._validate_trackers()
         if self.push_to_hub:
             from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -337,6 +338,17 @@ class FinetuneConfig:
             except HFValidationError as error:
                 raise UserError(f"--push-to-hub {self.push_to_hub!r} is no repo id ('user/name'): {error}") from None
         return self
+
+    def _validate_trackers(self) -> None:
+        names = [name.strip() for name in self.report_to.split(",") if name.strip() not in ("", "none")]
+        if not names:
+            return  # Accelerate (and torch with it) is imported only when a tracker is asked for
+        from accelerate.utils import LoggerType
+
+        unknown = [name for name in names if name not in LoggerType.list()]
+        if unknown:
+            raise UserError(f"--report-to {', '.join(unknown)}: unknown tracker; choose from "
+                            f"{', '.join(LoggerType.list())}, or none")
 
     def _validate_paths(self) -> None:
         """Missing input paths and outputs that are files fail here, before any data or model is loaded."""

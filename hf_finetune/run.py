@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 from hf_finetune.publish.card import write_model_card
-from hf_finetune.train.checkpoints import TrainingProgress, save_checkpoint
+from hf_finetune.train.checkpoints import TrainingProgress, checkpoints_dir, save_checkpoint
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.train.engine import EpochStats, ResumePoint, train_one_epoch
-from hf_finetune.errors import TrainingStopped
+from hf_finetune.errors import TrainingStopped, UserError
 from hf_finetune.files import write_json
 from hf_finetune.model.freezing import frozen_batchnorms, set_requires_grad
 from hf_finetune.train.guard import PREEMPTED, StopGuard, leave_together
@@ -30,7 +30,7 @@ from hf_finetune.train.parts import TrainingParts, create_training_parts
 from hf_finetune.evaluate.plots import plot_confusion_matrix
 from hf_finetune.recipes import describe_recipe
 from hf_finetune.evaluate.report import library_versions, plot_training_curves, summary_lines
-from hf_finetune.train.resume import resume_training
+from hf_finetune.train.resume import RUN_RESULTS, resume_training
 from hf_finetune.train.selection import (check_select_metric, eval_columns, evaluate_candidates, final_evaluation, prune_best,
                         save_best, select_epoch)
 
@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 def finetune(config: FinetuneConfig) -> dict:
     """Fine-tune, save the model and metrics in config.output_dir, and return the final metrics."""
     config.validate()
+    check_output_dir_is_ours(config)
     if config.push_to_hub:
         check_push_possible(config.push_to_hub)  # a missing token fails now, not after hours of training
     parts = create_training_parts(config)
@@ -62,6 +63,20 @@ def finetune(config: FinetuneConfig) -> dict:
     if parts.accelerator.is_main_process and config.push_to_hub:  # needs no other process: they need not wait
         push_once(Path(config.output_dir), config)
     return metrics
+
+
+def check_output_dir_is_ours(config: FinetuneConfig) -> None:
+    """Refuse a run into a folder holding files of the names a run writes (`--output-dir .` in a repository: its
+    README.md, config.json) that no earlier run wrote there, before writing over them. Every process checks the
+    same folder before any of them writes (the first write follows the processes' first meeting)."""
+    output_dir = Path(config.output_dir)
+    if config.resume == "none" or (output_dir / "run_config.json").is_file() or checkpoints_dir(output_dir).is_dir():
+        return  # --resume none moves them aside; a run_config.json or checkpoints/: an earlier run's folder
+    foreign = [name for name in RUN_RESULTS if (output_dir / name).exists()]
+    if foreign:
+        raise UserError(f"{output_dir} holds {', '.join(foreign)}, which no hf_finetune run wrote there: choose an "
+                        f"empty --output-dir, or pass --resume none to move them aside into "
+                        f"{output_dir / 'previous-run-<time>'}/")
 
 
 def record_start(parts: TrainingParts) -> None:
