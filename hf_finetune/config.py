@@ -364,7 +364,7 @@ class FinetuneConfig:
         for flag, path in {"--output-dir": self.output_dir, "--cache-dir": self.cache_dir}.items():
             if path and Path(path).exists() and not Path(path).is_dir():
                 raise UserError(f"{flag} {path} is a file: name a folder")
-        if self.resume not in ("auto", "none") and not Path(self.resume).is_dir():
+        if self.resume not in ("auto", "latest", "none") and not Path(self.resume).is_dir():
             raise UserError(f"--resume {self.resume}: no such checkpoint folder; use 'auto', 'none' or a folder "
                             f"in OUTPUT_DIR/checkpoints/")
 
