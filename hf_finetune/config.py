@@ -411,7 +411,9 @@ def _file_value(parser: argparse.ArgumentParser, path: str, name: str, value):
     if value is None and default is None:
         return None
     problem = None
-    if value is None or isinstance(value, (list, dict)):
+    if value is None:
+        problem = "needs a value (null given)"
+    elif isinstance(value, (list, dict)):
         problem = f"{value!r} is not a single value"
     elif typed:
         given = value

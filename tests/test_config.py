@@ -62,7 +62,7 @@ def test_bad_values_are_refused(argv, message):
     ("run.json", "[]", "holds a list, not a mapping"),
     ("run.yaml", "epochs: [3]\n", "epochs: \\[3\\] is not a single value"),
     ("run.yaml", "epochs: 2.5\n", "epochs: invalid literal for int"),
-    ("run.yaml", "seed: null\n", "seed: None is not a single value"),
+    ("run.yaml", "seed: null\n", "seed: needs a value \\(null given\\)"),
     ("run.yaml", "mixed_precision: no\n", "mixed_precision: False is not one of auto, no, fp16, bf16 .*quote it"),
     ("run.yaml", "num_workers: -1\n", "--num-workers cannot be negative"),
 ])
