@@ -90,25 +90,44 @@ def _repo_export(api, repo_id: str, model_sha256: str) -> tuple[list[str], bool]
 
 def push_onnx(export_dir: Path, repo_id: str, run_dir: Optional[Path] = None) -> str:
     """Add EXPORT_DIR's model.onnx + preprocessor.json to `repo_id` in one commit, with the run's model card
-    regenerated to show onnxruntime usage when `run_dir` (a finished run) is given; the commit URL."""
+    regenerated to show onnxruntime usage when `run_dir` (a finished run) is given; the commit URL. Refused when
+    the repo's model.safetensors is not the one the export was made from (downloaded to compare)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_finetune.serve.onnx_model import EXPORT_FILES
+    from hf_finetune.serve.onnx_model import EXPORT_FILES, PREPROCESSOR_FILE
 
     export_dir = Path(export_dir)
     check_push_possible(repo_id)
     files = {name: export_dir / name for name in EXPORT_FILES}
-    if run_dir is not None:
-        files["README.md"] = write_model_card(run_dir, repo_id, onnx=True)
     api = HfApi()
     retry_command = f"python scripts/export.py {run_dir or export_dir} --format onnx --push-to-hub {repo_id}"
     if not _with_retries(f"find the Hub repo {repo_id}", retry_command, lambda: api.repo_exists(repo_id)):
         raise UserError(f"no model repo {repo_id} on the Hub (or no access to it): push the model first "
                         f"(scripts/push.py), then its ONNX export")
+    exported_from = json.loads(files[PREPROCESSOR_FILE].read_text()).get("weights_sha256")
+    if _with_retries(f"read {repo_id}'s weights", retry_command, lambda: _weights_sha256(repo_id)) != exported_from:
+        raise UserError(f"{repo_id} holds other weights than the export was made from: push the model first "
+                        f"(python scripts/push.py {run_dir or 'RUN'} {repo_id}), then its export")
+    if run_dir is not None:
+        files["README.md"] = write_model_card(run_dir, repo_id, onnx=True)
     commit = _with_retries(f"upload the ONNX export to {repo_id}", retry_command, lambda: api.create_commit(
         repo_id, [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in files.items()],
         commit_message="Add ONNX export (model.onnx + preprocessor.json), checked against onnxruntime"))
     return commit.commit_url
+
+
+def _weights_sha256(repo_id: str) -> Optional[str]:
+    """The sha256 of the repo's model.safetensors (None: it has none), downloaded: the Hub states a sha256 only
+    for LFS files, and a small model's weights may be a plain git file."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from hf_finetune.serve.onnx_model import WEIGHTS_FILE
+
+    try:
+        return sha256_of(hf_hub_download(repo_id, WEIGHTS_FILE))
+    except EntryNotFoundError:
+        return None
 
 
 def check_push_possible(repo_id: str) -> None:

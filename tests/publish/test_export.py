@@ -196,3 +196,20 @@ def test_a_push_of_the_exported_weights_keeps_the_export_and_its_card(hub, hub_e
     files = hub.files("tester/kept-export")
     assert files["model.onnx"] == exported
     assert "onnxruntime.InferenceSession" in files["README.md"].decode()
+
+
+def test_an_export_of_other_weights_than_the_repos_is_not_pushed(hub, hub_env, tmp_path):
+    from hf_finetune.publish.hub import push_onnx, push_to_hub
+
+    run = make_finished_run(tmp_path / "run", seed=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", hub_env["HF_TOKEN"])
+        push_to_hub(run, "tester/other-weights")
+        make_finished_run(run, seed=1)  # trained again, not pushed
+        export_onnx(str(run), check_images=[])
+        commits_before = len(hub.commits("tester/other-weights"))
+        with pytest.raises(UserError, match="tester/other-weights holds other weights than the export .*"
+                                            "scripts/push.py"):
+            push_onnx(run, "tester/other-weights", run)
+    assert len(hub.commits("tester/other-weights")) == commits_before
+    assert "model.onnx" not in hub.files("tester/other-weights")
