@@ -6,6 +6,7 @@ YAML or JSON file given with `--config` supplies defaults that flags on the comm
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from hf_finetune.errors import UserError
+from hf_finetune.errors import UserError, first_line
 from hf_finetune.hardware import Precision
 
 EVAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
@@ -322,6 +323,7 @@ class FinetuneConfig:
         if sum(map(bool, (self.data_dir, self.dataset_name, self.train_file))) > 1:
             raise UserError("give one of --data-dir, --dataset-name and --train-file")
         self._validate_manifests()
+        self._validate_paths()
         get_recipe(self.recipe)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
                     "gradient_accumulation_steps": self.gradient_accumulation_steps,
@@ -347,14 +349,25 @@ class FinetuneConfig:
             raise UserError(f"--freeze-epochs must be between 0 and --epochs ({self.epochs})")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
-        if self.pretrained_path and not Path(self.pretrained_path).is_file():
-            raise UserError(f"--pretrained-path {self.pretrained_path} is not a file")
         if self.select_metric not in SELECT_METRICS:
             raise UserError(f"--select-metric {self.select_metric}: unknown; use one of {', '.join(SELECT_METRICS)}")
         if self.patience is not None and self.patience < 1:
             raise UserError(f"--patience must be at least 1 epoch, got {self.patience}")
         if self.min_delta < 0 or not 0 < self.ema_decay < 1:
             raise UserError("--min-delta cannot be negative and --ema-decay must be between 0 and 1")
+        for name in ("num_workers", "keep_checkpoints"):
+            if (getattr(self, name) or 0) < 0:
+                raise UserError(f"--{name.replace('_', '-')} cannot be negative, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise UserError(f"--seed must be in [0, 2**32) (numpy's seeds), got {self.seed}")
+        self._validate_trackers()
+        if self.push_to_hub:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except HFValidationError as error:
+                raise UserError(f"--push-to-hub {self.push_to_hub!r} is no repo id ('user/name'): {error}") from None
         return self
 
     def _validate_manifests(self) -> None:
@@ -373,6 +386,35 @@ class FinetuneConfig:
             raise UserError(f"--task {self.task}: use auto, single-label or multi-label")
         if self.label_delimiter == "":
             raise UserError("--label-delimiter cannot be empty; e.g. ' ', ',', '|' or '_'")
+
+    def _validate_trackers(self) -> None:
+        names = [name.strip() for name in self.report_to.split(",") if name.strip() not in ("", "none")]
+        if not names:
+            return  # Accelerate (and torch with it) is imported only when a tracker is asked for
+        from accelerate.utils import LoggerType
+
+        unknown = [name for name in names if name not in LoggerType.list()]
+        if unknown:
+            raise UserError(f"--report-to {', '.join(unknown)}: unknown tracker; choose from "
+                            f"{', '.join(LoggerType.list())}, or none")
+
+    def _validate_paths(self) -> None:
+        """Missing input paths and outputs that are files fail here, before any data or model is loaded."""
+        local_model = self.model[len("local-dir:"):] if self.model.startswith("local-dir:") else None
+        folders = {"--data-dir": self.data_dir, "--model local-dir:": local_model}
+        for flag, folder in folders.items():
+            if folder and not Path(folder).is_dir():
+                raise UserError(f"{flag}{'' if flag.endswith(':') else ' '}{folder}: no such folder")
+        for flag, path in {"--pretrained-path": self.pretrained_path, "--label-map": self.label_map}.items():
+            is_file_name = flag == "--pretrained-path" or str(path).endswith(".json")  # else 'hotdog=934,...'
+            if path and is_file_name and not Path(path).is_file():
+                raise UserError(f"{flag} {path}: no such file")
+        for flag, path in {"--output-dir": self.output_dir, "--cache-dir": self.cache_dir}.items():
+            if path and Path(path).exists() and not Path(path).is_dir():
+                raise UserError(f"{flag} {path} is a file: name a folder")
+        if self.resume not in ("auto", "latest", "none") and not Path(self.resume).is_dir():
+            raise UserError(f"--resume {self.resume}: no such checkpoint folder; use 'auto', 'none' or a folder "
+                            f"in OUTPUT_DIR/checkpoints/")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -405,23 +447,62 @@ def resolve_config(config: FinetuneConfig, facts: RunFacts) -> FinetuneConfig:
     return resolved.validate()
 
 
-def _load_config_file(path: str) -> dict:
+def _load_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The options of a YAML or JSON file, each checked and converted as its flag would be."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--config {path}: no such file")
-    text = file.read_text()
-    if file.suffix in (".yaml", ".yml"):
-        import yaml
+    is_yaml = file.suffix in (".yaml", ".yml")
+    try:
+        if is_yaml:
+            import yaml
 
-        values = yaml.safe_load(text) or {}
-    else:
-        values = json.loads(text)
-    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    values = {key.replace("-", "_"): value for key, value in values.items()}
+            try:
+                values = yaml.safe_load(file.read_text())
+            except yaml.YAMLError as error:
+                raise ValueError(" ".join(str(error).split())) from None
+        else:
+            values = json.loads(file.read_text())
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"--config {path}: not valid {'YAML' if is_yaml else 'JSON'} ({first_line(error)}); "
+                        "fix the file") from None
+    if values is None:  # an empty YAML file
+        values = {}
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path} holds a {type(values).__name__}, not a mapping of options to values "
+                        "(e.g. `epochs: 5`)")
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    known = {f.name for f in dataclasses.fields(FinetuneConfig) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"--config {path}: unknown option(s) {', '.join(unknown)}; see --help")
-    return values
+    return {name: _file_value(parser, path, name, value) for name, value in values.items()}
+
+
+def _file_value(parser: argparse.ArgumentParser, path: str, name: str, value):
+    """VALUE checked and converted by the flag's own argparse type and choices, as if given on the command line."""
+    typed = [action for action in parser._actions if action.dest == name and action.type is not None]
+    default = next(f.default for f in dataclasses.fields(FinetuneConfig) if f.name == name)
+    if value is None and default is None:
+        return None
+    problem = None
+    if value is None:
+        problem = "needs a value (null given)"
+    elif isinstance(value, (list, dict)):
+        problem = f"{value!r} is not a single value"
+    elif typed:
+        given = value
+        try:
+            value = typed[0].type(str(value))
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+            problem = first_line(error)
+        if problem is None and typed[0].choices and value not in typed[0].choices:
+            problem = f"{given!r} is not one of {', '.join(map(str, typed[0].choices))}"
+            if isinstance(given, bool):
+                problem += " (YAML reads a bare no/yes/off/on as a boolean: quote it)"
+    if problem:
+        raise UserError(f"--config {path}: {name}: {problem}; fix the file")
+    return value
 
 
 def parse_config(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> FinetuneConfig:
@@ -434,7 +515,7 @@ def parse_config(argv: Optional[list[str]] = None, prog: Optional[str] = None) -
     parser.add_argument("--config", help="YAML or JSON file with any of these options; flags override it.")
     known, _ = parser.parse_known_args(argv)
     if known.config:
-        parser.set_defaults(**_load_config_file(known.config))
+        parser.set_defaults(**_load_config_file(known.config, parser))
     namespace = parser.parse_args(argv)
     del namespace.config
     return FinetuneConfig(**vars(namespace)).validate()

@@ -23,3 +23,11 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, value) -> None:
     write_text(path, json.dumps(value, indent=2, default=str))
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks (weights files can be gigabytes)."""
+    import hashlib
+
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from hf_finetune.publish.card import write_model_card
-from hf_finetune.train.checkpoints import TrainingProgress, save_checkpoint
+from hf_finetune.train.checkpoints import TrainingProgress, checkpoints_dir, save_checkpoint
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.train.engine import EpochStats, ResumePoint, train_one_epoch
 from hf_finetune.errors import TrainingStopped, UserError
@@ -31,7 +31,7 @@ from hf_finetune.evaluate.plots import plot_confusion_matrix
 from hf_finetune.recipes import describe_recipe
 from hf_finetune.tasks import Task
 from hf_finetune.evaluate.report import library_versions, plot_training_curves, summary_lines
-from hf_finetune.train.resume import resume_training
+from hf_finetune.train.resume import RUN_RESULTS, resume_training
 from hf_finetune.train.selection import (eval_columns, evaluate_candidates, final_evaluation, prune_best, save_best,
                                          select_epoch)
 
@@ -45,6 +45,7 @@ def finetune(config: FinetuneConfig, on_epoch_end: Sequence[Callable[[int, dict]
     epoch is evaluated and checkpointed, e.g. to report to a hyper-parameter search; a hook stops the run by
     raising (every process must agree to: the sweep's pruning hook broadcasts its decision)."""
     config.validate()
+    check_output_dir_is_ours(config)
     if config.push_to_hub:  # a missing token fails now, before the data and the training, on the main process alone
         from accelerate import PartialState  # the Accelerator created later shares it
 
@@ -75,6 +76,20 @@ def finetune(config: FinetuneConfig, on_epoch_end: Sequence[Callable[[int, dict]
     if parts.accelerator.is_main_process and config.push_to_hub:  # needs no other process: they need not wait
         push_once(Path(config.output_dir), config)
     return metrics
+
+
+def check_output_dir_is_ours(config: FinetuneConfig) -> None:
+    """Refuse a run into a folder holding files of the names a run writes (`--output-dir .` in a repository: its
+    README.md, config.json) that no earlier run wrote there, before writing over them. Every process checks the
+    same folder before any of them writes (the first write follows the processes' first meeting)."""
+    output_dir = Path(config.output_dir)
+    if config.resume == "none" or (output_dir / "run_config.json").is_file() or checkpoints_dir(output_dir).is_dir():
+        return  # --resume none moves them aside; a run_config.json or checkpoints/: an earlier run's folder
+    foreign = [name for name in RUN_RESULTS if (output_dir / name).exists()]
+    if foreign:
+        raise UserError(f"{output_dir} holds {', '.join(foreign)}, which no hf_finetune run wrote there: choose an "
+                        f"empty --output-dir, or pass --resume none to move them aside into "
+                        f"{output_dir / 'previous-run-<time>'}/")
 
 
 def record_start(parts: TrainingParts) -> None:

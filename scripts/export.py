@@ -6,7 +6,7 @@ from pathlib import Path
 from hf_finetune.cli import run_cli
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export the model to ONNX (dynamic batch axis, the model's own input size) with preprocessor.json "
                     "(input size, mean/std, interpolation, crop, label names, the exact preprocessing). onnxruntime's "
@@ -28,7 +28,17 @@ def main() -> None:
                         help="Add model.onnx + preprocessor.json (and, from a run folder, the card with onnxruntime "
                              "usage) to this model repo in one commit. The token comes from HF_TOKEN or "
                              "`hf auth login`.")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
+    if args.output_dir and args.output_dir.exists() and not args.output_dir.is_dir():
+        parser.error(f"--output-dir {args.output_dir} is a file: name a folder")
+    missing = [str(path) for path in args.check_images or () if not path.is_file()]
+    if missing:
+        parser.error(f"--check-images: no such file {', '.join(missing)}")
 
     from hf_finetune.publish.export import export_onnx
 

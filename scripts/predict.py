@@ -9,7 +9,7 @@ from hf_finetune.cli import run_cli
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="The top-k labels and probabilities of each image, decoded and cropped exactly as training's "
                     "evaluation does. Without --output: the image path, then one '  PROBABILITY  LABEL' line per "
@@ -28,6 +28,11 @@ def parse_args() -> argparse.Namespace:
                                                             "onnxruntime instead of PyTorch.")
     parser.add_argument("--int8", action="store_true", help="With --onnx: run model.int8.onnx (scripts/export.py "
                                                             "--quantize int8) instead of model.onnx.")
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args()
     if args.int8 and not args.onnx:
         parser.error("--int8 needs --onnx")
@@ -35,6 +40,13 @@ def parse_args() -> argparse.Namespace:
         parser.error("--top-k and --batch-size must be at least 1")
     if args.output and args.output.suffix not in OUTPUT_SUFFIXES:
         parser.error(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}")
+    if args.output:  # made now, so that a bad path fails before the predictions rather than lose them
+        try:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"--output {args.output}: cannot create its folder ({error.strerror}); name another path")
+        if args.output.is_dir():
+            parser.error(f"--output {args.output} is a folder: name a {' or '.join(OUTPUT_SUFFIXES)} file")
     return args
 
 
@@ -42,8 +54,14 @@ def main() -> None:
     args = parse_args()
     from tqdm.auto import tqdm
 
+    from hf_finetune.errors import UserError
     from hf_finetune.serve.batch_predict import Failure, TorchRunner, expand_inputs, predict_files, write_predictions
 
+    paths, failures = expand_inputs(args.inputs)
+    if not paths:
+        raise UserError(f"no images in {', '.join(args.inputs)}: name image files, folders or quoted glob patterns")
+    for failure in failures:
+        print(f"skipping {failure.path}: {failure.reason}", file=sys.stderr)
     if args.onnx:
         from hf_finetune.serve.onnx_model import INT8_FILE, ONNX_FILE, load_onnx_classifier
 
@@ -52,9 +70,6 @@ def main() -> None:
         from hf_finetune.serve.predict import load_classifier
 
         runner = TorchRunner(load_classifier(args.model))
-    paths, failures = expand_inputs(args.inputs)
-    for failure in failures:
-        print(f"skipping {failure.path}: {failure.reason}", file=sys.stderr)
     predictions = []
     for result in predict_files(runner, paths, args.batch_size, args.top_k, None if args.tta == "none" else args.tta,
                                 progress=args.output is not None):

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from hf_finetune.cli import _configure_logging, run_cli
+from hf_finetune.cli import configure_logging, run_cli
 
 
 def duration(text: str) -> float:
@@ -53,7 +53,7 @@ def parse_args(argv: list[str]):
 
 def main() -> None:
     args, finetune_args = parse_args(sys.argv[1:])
-    _configure_logging()
+    configure_logging()
     from hf_finetune.sweep.search import SweepSettings, sweep
 
     output_dir = Path(args.output_dir)

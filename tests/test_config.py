@@ -15,10 +15,11 @@ from hf_finetune.config import FinetuneConfig, parse_config
 from hf_finetune.errors import UserError
 
 
-def test_dashed_flags_negations_and_bool_values():
-    config = parse_config(["--data-dir", "photos", "--no-pretrained", "--param-group", "false",
+def test_dashed_flags_negations_and_bool_values(tmp_path):
+    (tmp_path / "photos").mkdir()
+    config = parse_config(["--data-dir", str(tmp_path / "photos"), "--no-pretrained", "--param-group", "false",
                            "--head-lr-mult", "5", "--mixed-precision", "bf16", "--batch-size", "64"])
-    assert (config.data_dir, config.pretrained, config.param_group) == ("photos", False, False)
+    assert (config.data_dir, config.pretrained, config.param_group) == (str(tmp_path / "photos"), False, False)
     assert (config.head_lr_mult, config.mixed_precision, config.batch_size) == (5.0, "bf16", 64)
     assert parse_config([]) == FinetuneConfig().validate()
 
@@ -45,11 +46,39 @@ def test_unknown_key_in_config_file_is_refused(tmp_path):
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--val-fraction", "1.5"], "--val-fraction"),
     (["--data-dir", "a", "--dataset-name", "b"], "give one of --data-dir, --dataset-name and --train-file"),
-    (["--pretrained-path", "/nonexistent.safetensors"], "not a file"),
+    (["--pretrained-path", "/nonexistent.safetensors"], "no such file"),
+    (["--num-workers", "-1"], "--num-workers cannot be negative"),
+    (["--data-dir", "/nonexistent/photos"], "--data-dir /nonexistent/photos: no such folder"),
 ])
 def test_bad_values_are_refused(argv, message):
     with pytest.raises(UserError, match=message):
         parse_config(argv)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("run.json", '{"epochs": 3,', r"run.json: not valid JSON \(.*\); fix the file"),
+    ("run.yaml", "epochs: [3\n", r"run.yaml: not valid YAML \(.*\); fix the file"),
+    ("run.yaml", "- epochs\n- 3\n", "holds a list, not a mapping of options to values"),
+    ("run.json", "[]", "holds a list, not a mapping"),
+    ("run.yaml", "epochs: [3]\n", "epochs: \\[3\\] is not a single value"),
+    ("run.yaml", "epochs: 2.5\n", "epochs: invalid literal for int"),
+    ("run.yaml", "seed: null\n", "seed: needs a value \\(null given\\)"),
+    ("run.yaml", "mixed_precision: no\n", "mixed_precision: False is not one of auto, no, fp16, bf16 .*quote it"),
+    ("run.yaml", "num_workers: -1\n", "--num-workers cannot be negative"),
+])
+def test_a_broken_config_file_is_one_error_naming_the_fix(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        parse_config(["--config", str(path)])
+
+
+def test_config_file_values_are_converted_as_their_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 3\nlr: 1\ncache: false\nfreeze_bn: true\nmixed_precision: 'no'\nfreeze_epochs: null\n")
+    config = parse_config(["--config", str(path)])
+    assert (config.epochs, config.lr, config.cache, config.freeze_bn) == (3, 1.0, False, True)
+    assert isinstance(config.lr, float) and config.mixed_precision == "no"
 
 
 def test_help_documents_every_field_and_the_conventions():

@@ -7,6 +7,7 @@ so a run's selected-epoch numbers are reproduced. Unreadable images are reported
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,28 @@ from hf_finetune.hardware import available_cpus, one_thread
 from hf_finetune.serve.predict import Classifier
 
 SPLIT_FOLDERS = ("train", *EVAL_SPLIT_NAMES)
+OUTPUT_FILES = ("metrics.json", "confusion_matrix.png", "mistakes.png")  # what scripts/evaluate.py writes
+
+
+def check_output_dir(output_dir: Path, overwrite: bool = False) -> None:
+    """Refuse, before evaluating, to write over files an earlier evaluation did not make there: a run's
+    metrics.json and confusion matrix (`--output-dir RUN`), which its card and a later push need."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output-dir {output_dir} is a file: name a folder")
+    present = [name for name in OUTPUT_FILES if (output_dir / name).exists()]
+    if not present or overwrite or _is_evaluation(output_dir / "metrics.json"):
+        return
+    raise UserError(f"{output_dir} holds {', '.join(present)} that no evaluation wrote (a training run's?): "
+                    "choose another --output-dir, or pass --overwrite to replace them")
+
+
+def _is_evaluation(metrics: Path) -> bool:
+    """metrics.json as evaluate_folder writes it ("unreadable" and "mistakes"; a run's has "history")."""
+    try:
+        record = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"unreadable", "mistakes"} <= set(record) and "history" not in record
 
 
 def find_labelled_images(data: Path, label_names: list[str]) -> tuple[str, list[tuple[str, int]]]:

@@ -81,12 +81,22 @@ def _constructor_size(model: nn.Module, img_size: Optional[int]) -> dict:
 
 
 def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code from a file
-    return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code from a file
+    except Exception as error:  # safetensors, zipfile and the unpickler raise many types for a damaged file
+        raise _unreadable_weights(path, first_line(error)) from None
+    if not isinstance(state, dict):
+        raise _unreadable_weights(path, f"it holds a {type(state).__name__}")
+    return state.get("state_dict", state.get("model", state))
+
+
+def _unreadable_weights(path: str, problem: str) -> UserError:
+    return UserError(f"--pretrained-path {path}: not a readable weights file ({problem}); give a .safetensors or "
+                     "a state dict saved with torch.save, copied whole")
 
 
 def _create_source_model(name: str, pretrained: bool, pretrained_path: Optional[str],

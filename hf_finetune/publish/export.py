@@ -22,10 +22,10 @@ from typing import Optional, Sequence
 import torch
 
 from hf_finetune.errors import UserError, first_line
-from hf_finetune.files import write_json
-from hf_finetune.serve.onnx_model import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, PREPROCESSOR_FILE, load_onnx_classifier, \
-    preprocessor_config, require
-from hf_finetune.serve.predict import Classifier, load_classifier
+from hf_finetune.files import sha256_of, write_json
+from hf_finetune.serve.onnx_model import EXPORT_FILES, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, PREPROCESSOR_FILE, \
+    WEIGHTS_FILE, load_onnx_classifier, preprocessor_config, require
+from hf_finetune.serve.predict import Classifier, load_classifier, timm_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,13 @@ def export_onnx(source: str, output_dir: Optional[Path] = None,
     staging = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=output_dir))  # same filesystem: moves are renames
     try:
         export_model(classifier.model, staging / ONNX_FILE)
-        config = preprocessor_config(classifier.model, classifier.label_names)
+        config = preprocessor_config(classifier.model, classifier.label_names, source_weights_sha256(source))
         write_json(staging / PREPROCESSOR_FILE, config)
         difference = verify_export(staging, classifier, images[:NUM_CHECK_IMAGES])
         config["verified"] = {"max_abs_difference": difference, "atol": ATOL, "rtol": RTOL,
                               "real_images": len(images[:NUM_CHECK_IMAGES])}
         write_json(staging / PREPROCESSOR_FILE, config)
-        for name in (ONNX_FILE, PREPROCESSOR_FILE):
+        for name in EXPORT_FILES:
             os.replace(staging / name, output_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -77,6 +77,23 @@ def _output_dir(source: str, output_dir: Optional[Path]) -> Path:
     if Path(source).is_dir():
         return Path(source)  # beside the run's model.safetensors
     raise UserError(f"{source} is not a local folder: name where the export goes with --output-dir")
+
+
+def source_weights_sha256(source: str) -> Optional[str]:
+    """The sha256 of SOURCE's model.safetensors (a run folder's, or the Hub repo's file timm just downloaded and
+    cached), which the export records as the weights it was made from; None for a source without one."""
+    name = timm_model_name(source)
+    if name.startswith("local-dir:"):
+        weights = Path(name[len("local-dir:"):]) / WEIGHTS_FILE
+        return sha256_of(weights) if weights.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo_id, _, revision = name[len("hf-hub:"):].partition("@")
+    try:
+        return sha256_of(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision or None))
+    except EntryNotFoundError:  # a repo with pytorch_model.bin only
+        return None
 
 
 def export_model(model: torch.nn.Module, path: Path) -> None:

@@ -6,6 +6,7 @@ login), so it cannot leak into logs, files or the card.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -16,6 +17,7 @@ import torch
 
 from hf_finetune.publish.card import read_run_records, write_model_card
 from hf_finetune.errors import UserError, first_line
+from hf_finetune.files import sha256_of
 from hf_finetune.serve.predict import load_classifier
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ Result = TypeVar("Result")
 
 def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
     """Create `repo_id` if needed, commit the model, card and curves in one commit, verify; the commit URL."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import HfApi
 
     output_dir = Path(output_dir)
     check_push_possible(repo_id)
@@ -45,44 +47,88 @@ def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
 
     api = HfApi()
     retry_command = f"python scripts/push.py {output_dir} {repo_id}"
-    repo_url = _with_retries(f"create the Hub repo {repo_id}", retry_command,
+    repo_url = with_retries(f"create the Hub repo {repo_id}", retry_command,
                              lambda: api.create_repo(repo_id, private=private, exist_ok=True))
     repo_id = repo_url.repo_id  # with the namespace the Hub filled in for a bare name
-    write_model_card(output_dir, repo_id)  # the card names the real repo in its snippets
-    # Operations are consumed by a commit attempt, so every retry builds fresh ones. A retry after a
-    # commit whose answer was lost uploads nothing: create_commit drops files the Hub already has.
-    commit = _with_retries(f"upload {output_dir} to {repo_id}", retry_command, lambda: api.create_commit(
-        repo_id,
-        [CommitOperationAdd(path_in_repo=name, path_or_fileobj=output_dir / name) for name in PUSHED_FILES
-         if (output_dir / name).is_file()],
-        commit_message=f"Upload fine-tuned model (eval accuracy {final['eval_acc']:.4f})",
-    ))
+    message = f"Upload fine-tuned model (eval accuracy {final['eval_acc']:.4f})"
+    # Operations are consumed by a commit attempt, so every retry builds fresh ones (and looks at the repo's
+    # export afresh). A retry after a commit whose answer was lost uploads nothing: create_commit drops files the
+    # Hub already has, and the export it removed is no longer there to remove.
+    commit = with_retries(f"upload {output_dir} to {repo_id}", retry_command,
+                           lambda: _commit_run(api, output_dir, repo_id, message))
     verify_pushed(output_dir, repo_id, commit.oid)
     return commit.commit_url
+
+
+def _commit_run(api, output_dir: Path, repo_id: str, message: str):
+    """One commit: the run's files added, the repo's ONNX export removed unless it was made from these weights."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    stale, kept = _repo_export(api, repo_id, sha256_of(output_dir / "model.safetensors"))
+    write_model_card(output_dir, repo_id, onnx=kept)  # the card names the real repo, and its export if kept
+    return api.create_commit(
+        repo_id,
+        [CommitOperationAdd(path_in_repo=name, path_or_fileobj=output_dir / name) for name in PUSHED_FILES
+         if (output_dir / name).is_file()] + [CommitOperationDelete(path_in_repo=name) for name in stale],
+        commit_message=message + ("; remove the ONNX export of other weights" if stale else ""),
+    )
+
+
+def _repo_export(api, repo_id: str, model_sha256: str) -> tuple[list[str], bool]:
+    """(the repo's export files made from other weights than `model_sha256`, whether an export of them stays)."""
+    from huggingface_hub import hf_hub_download
+
+    from hf_finetune.serve.onnx_model import EXPORT_FILES, INT8_FILES, PREPROCESSOR_FILE
+
+    present = [name for name in api.list_repo_files(repo_id) if name in EXPORT_FILES + INT8_FILES]
+    if PREPROCESSOR_FILE in present:
+        config = json.loads(Path(hf_hub_download(repo_id, PREPROCESSOR_FILE)).read_text())
+        if config.get("weights_sha256") == model_sha256 and set(EXPORT_FILES) <= set(present):
+            return [], True
+    return present, False
 
 
 def push_onnx(export_dir: Path, repo_id: str, run_dir: Optional[Path] = None, extra_files: Sequence[str] = ()) -> str:
     """Add EXPORT_DIR's model.onnx + preprocessor.json (and `extra_files` of it: the int8 export) to `repo_id` in
     one commit, with the run's model card regenerated to show onnxruntime usage when `run_dir` (a finished run) is
-    given; the commit URL."""
+    given; the commit URL. Refused when the repo's model.safetensors is not the one the export was made from
+    (downloaded to compare)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_finetune.serve.onnx_model import ONNX_FILE, PREPROCESSOR_FILE
+    from hf_finetune.serve.onnx_model import EXPORT_FILES, PREPROCESSOR_FILE
 
     export_dir = Path(export_dir)
     check_push_possible(repo_id)
-    files = {name: export_dir / name for name in (ONNX_FILE, PREPROCESSOR_FILE, *extra_files)}
-    if run_dir is not None:
-        files["README.md"] = write_model_card(run_dir, repo_id, onnx=True)
+    files = {name: export_dir / name for name in (*EXPORT_FILES, *extra_files)}
     api = HfApi()
     retry_command = f"python scripts/export.py {run_dir or export_dir} --format onnx --push-to-hub {repo_id}"
-    if not _with_retries(f"find the Hub repo {repo_id}", retry_command, lambda: api.repo_exists(repo_id)):
+    if not with_retries(f"find the Hub repo {repo_id}", retry_command, lambda: api.repo_exists(repo_id)):
         raise UserError(f"no model repo {repo_id} on the Hub (or no access to it): push the model first "
                         f"(scripts/push.py), then its ONNX export")
-    commit = _with_retries(f"upload the ONNX export to {repo_id}", retry_command, lambda: api.create_commit(
+    exported_from = json.loads(files[PREPROCESSOR_FILE].read_text()).get("weights_sha256")
+    if with_retries(f"read {repo_id}'s weights", retry_command, lambda: _weights_sha256(repo_id)) != exported_from:
+        raise UserError(f"{repo_id} holds other weights than the export was made from: push the model first "
+                        f"(python scripts/push.py {run_dir or 'RUN'} {repo_id}), then its export")
+    if run_dir is not None:
+        files["README.md"] = write_model_card(run_dir, repo_id, onnx=True)
+    commit = with_retries(f"upload the ONNX export to {repo_id}", retry_command, lambda: api.create_commit(
         repo_id, [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in files.items()],
         commit_message="Add ONNX export (model.onnx + preprocessor.json), checked against onnxruntime"))
     return commit.commit_url
+
+
+def _weights_sha256(repo_id: str) -> Optional[str]:
+    """The sha256 of the repo's model.safetensors (None: it has none), downloaded: the Hub states a sha256 only
+    for LFS files, and a small model's weights may be a plain git file."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from hf_finetune.serve.onnx_model import WEIGHTS_FILE
+
+    try:
+        return sha256_of(hf_hub_download(repo_id, WEIGHTS_FILE))
+    except EntryNotFoundError:
+        return None
 
 
 def check_push_possible(repo_id: str) -> None:
@@ -128,7 +174,7 @@ def fixed_batch(model: torch.nn.Module, size: int = 4) -> torch.Tensor:
     return torch.randn(size, *input_size, generator=torch.Generator().manual_seed(0))
 
 
-def _with_retries(action: str, retry_command: str, call: Callable[[], Result]) -> Result:
+def with_retries(action: str, retry_command: str, call: Callable[[], Result]) -> Result:
     """`call()`, retried with backoff on transient Hub errors (5xx, 429, network); UserError when it gives up."""
     for attempt, wait in enumerate((*RETRY_WAITS, None), start=1):
         try:

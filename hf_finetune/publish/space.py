@@ -48,19 +48,19 @@ def push_space(model_id: str, space_id: str, private: bool = False) -> str:
 
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_finetune.publish.hub import _with_retries, check_push_possible
+    from hf_finetune.publish.hub import with_retries, check_push_possible
 
     check_push_possible(space_id)
     api = HfApi()
     retry_command = f"python scripts/demo.py {model_id} --push-space {space_id}"
-    if not _with_retries(f"find the model repo {model_id}", retry_command, lambda: api.repo_exists(model_id)):
+    if not with_retries(f"find the model repo {model_id}", retry_command, lambda: api.repo_exists(model_id)):
         raise UserError(f"no model repo {model_id} on the Hub (or no access to it): push the model first "
                         "(scripts/push.py RUN me/model), then its Space")
     with tempfile.TemporaryDirectory(prefix="hf_finetune_space_") as scratch:
         folder = write_space_folder(model_id, Path(scratch))
-        _with_retries(f"create the Space {space_id}", retry_command, lambda: api.create_repo(
+        with_retries(f"create the Space {space_id}", retry_command, lambda: api.create_repo(
             space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True))
-        commit = _with_retries(f"upload the Space {space_id}", retry_command, lambda: api.create_commit(
+        commit = with_retries(f"upload the Space {space_id}", retry_command, lambda: api.create_commit(
             space_id, [CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name) for name in SPACE_FILES],
             repo_type="space", commit_message=f"Demo page for {model_id}"))
     return commit.commit_url

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
 from hf_finetune.errors import UserError, first_line
+from hf_finetune.files import sha256_of
 from hf_finetune.data.images import ImageSettings
 from hf_finetune.serve.preprocess import EvalPreprocess
 from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
@@ -22,6 +23,9 @@ from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
 ONNX_FILE, PREPROCESSOR_FILE = "model.onnx", "preprocessor.json"
 INT8_FILE = "model.int8.onnx"  # scripts/export.py --quantize int8: the same inputs and outputs, int8 inside
 INT8_RECORD = "model.int8.json"  # how it was made and checked, with the sha256 of the model.onnx it came from
+EXPORT_FILES = (ONNX_FILE, PREPROCESSOR_FILE)  # an export's files: published, replaced and removed together
+INT8_FILES = (INT8_FILE, INT8_RECORD)  # made from model.onnx: stale with it
+WEIGHTS_FILE = "model.safetensors"  # preprocessor.json's weights_sha256 is this file's, beside it when exported
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 EXTRA_HINT = 'pip install -e ".[onnx]"'
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
@@ -50,8 +54,9 @@ def require(*modules: str) -> None:
                             f"`{EXTRA_HINT}`") from None
 
 
-def preprocessor_config(model: torch.nn.Module, label_names: list[str]) -> dict:
-    """What preprocessor.json holds for `model` (its resolved timm data config) and its labels."""
+def preprocessor_config(model: torch.nn.Module, label_names: list[str], weights_sha256: Optional[str]) -> dict:
+    """What preprocessor.json holds for `model` (its resolved timm data config), its labels and the sha256 of the
+    model.safetensors it was exported from (None: a source without one)."""
     from timm.data import resolve_model_data_config
 
     config = resolve_model_data_config(model)
@@ -62,6 +67,7 @@ def preprocessor_config(model: torch.nn.Module, label_names: list[str]) -> dict:
         "crop_mode": settings.crop_mode,
         "resize_shorter_side": settings.short_side,
         "label_names": list(label_names),
+        "weights_sha256": weights_sha256,
         "preprocessing": PREPROCESSING,
     }
 
@@ -99,6 +105,7 @@ def load_onnx_classifier(name_or_path: Union[str, Path], onnx_file: str = ONNX_F
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"{folder / PREPROCESSOR_FILE}: unreadable ({first_line(error)}); export the model again "
                         "with scripts/export.py") from None
+    check_export_is_current(folder, config)
     return OnnxClassifier(inference_session(folder / onnx_file), EvalPreprocess(settings),
                           list(config["label_names"]), config["input_name"])
 
@@ -113,6 +120,16 @@ def inference_session(path: Path) -> "onnxruntime.InferenceSession":  # noqa: F8
         return onnxruntime.InferenceSession(str(path), providers=providers)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
         raise UserError(f"onnxruntime cannot load {path}: {first_line(error)}") from None
+
+
+def check_export_is_current(folder: Path, config: dict) -> None:
+    """Refuse an export that sits beside other weights than it was made from (retrained into the same folder).
+    A Hub repo is kept consistent by the push itself (hub.push_to_hub removes a stale export), and its download
+    here holds no weights to compare with."""
+    weights = folder / WEIGHTS_FILE
+    if weights.is_file() and config.get("weights_sha256") != sha256_of(weights):
+        raise UserError(f"{folder / ONNX_FILE} was exported from other weights than {weights} (trained again "
+                        f"since?): export it again with `python scripts/export.py {folder} --format onnx`")
 
 
 def _local_files(name_or_path: Union[str, Path], onnx_file: str = ONNX_FILE) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -109,6 +110,23 @@ def test_pretrained_path_of_another_architecture_is_refused(tmp_path):
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, tmp_path / "vit.safetensors")
     with pytest.raises(UserError, match="does not fit test_resnet"):
         create_classifier("test_resnet", LABELS, pretrained_path=str(tmp_path / "vit.safetensors"))
+
+
+def test_a_corrupt_pretrained_path_is_one_error(tmp_path):
+    from safetensors.torch import save_file
+
+    trained, _ = create_classifier("test_resnet", ["a", "b"], pretrained=False)
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, tmp_path / "whole.safetensors")
+    torch.save(trained.state_dict(), tmp_path / "whole.pth")
+    for name in ("whole.safetensors", "whole.pth"):  # cut short, as by an interrupted copy
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut{Path(name).suffix}").write_bytes(data[: len(data) // 2])
+    (tmp_path / "notes.bin").write_text("not weights")
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    for name in ("cut.safetensors", "cut.pth", "notes.bin", "list.pth"):
+        with pytest.raises(UserError, match=f"--pretrained-path .*{name}: not a readable weights file .*"
+                                            "safetensors or a state dict"):
+            create_classifier("test_resnet", LABELS, pretrained_path=str(tmp_path / name))
 
 
 def test_img_size_reaches_the_data_config_and_fixed_size_models():

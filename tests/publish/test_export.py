@@ -133,3 +133,83 @@ def test_lite0_finetuned_on_hotdog_mini_exports_and_predicts_the_same_with_onnx(
     for ours, theirs in zip(*rows):
         assert ours["path"] == theirs["path"] and ours["labels"] == theirs["labels"]
         assert ours["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-4)
+
+
+def test_an_export_records_its_weights_and_a_stale_one_is_refused(tmp_path):
+    import hashlib
+
+    from hf_finetune.serve.onnx_model import load_onnx_classifier
+
+    run = make_finished_run(tmp_path / "run", seed=0)
+    export_onnx(str(run), check_images=[])
+    config = json.loads((run / "preprocessor.json").read_text())
+    assert config["weights_sha256"] == hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+    load_onnx_classifier(run)  # the export of these very weights
+    make_finished_run(run, seed=1)  # retrained into the same folder: the export is now of the old weights
+    with pytest.raises(UserError, match="model.onnx was exported from other weights than .*model.safetensors.*"
+                                        "scripts/export.py"):
+        load_onnx_classifier(run)
+    result = run_script("predict.py", run, REAL_IMAGES[0], "--onnx", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == \
+        result.stderr.strip().splitlines()[-1:]
+    assert "exported from other weights" in result.stderr
+
+
+def _pushed_with_export(hub_env, run: Path, repo_id: str) -> None:
+    from hf_finetune.publish.hub import push_onnx, push_to_hub
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", hub_env["HF_TOKEN"])
+        push_to_hub(run, repo_id)
+        export_onnx(str(run), check_images=[])
+        push_onnx(run, repo_id, run)
+
+
+def test_a_push_of_other_weights_removes_the_stale_export_in_the_same_commit(hub, hub_env, tmp_path):
+    from hf_finetune.publish.hub import PUSHED_FILES, push_to_hub
+
+    run = make_finished_run(tmp_path / "run", seed=0)
+    _pushed_with_export(hub_env, run, "tester/stale-export")
+    assert {"model.onnx", "preprocessor.json"} <= set(hub.files("tester/stale-export"))
+    make_finished_run(run, seed=1)  # retrained: the folder still holds the old export
+    commits_before = len(hub.commits("tester/stale-export"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", hub_env["HF_TOKEN"])
+        push_to_hub(run, "tester/stale-export")
+    commits = hub.commits("tester/stale-export")
+    assert len(commits) == commits_before + 1  # the new model in and the old export out, in one commit
+    assert sorted(commits[0]["files"]) == sorted(PUSHED_FILES)
+    assert hub.files("tester/stale-export")["model.safetensors"] == (run / "model.safetensors").read_bytes()
+    assert "onnxruntime.InferenceSession" not in (run / "README.md").read_text()  # the card shows no export
+
+
+def test_a_push_of_the_exported_weights_keeps_the_export_and_its_card(hub, hub_env, tmp_path):
+    from hf_finetune.publish.hub import push_to_hub
+
+    run = make_finished_run(tmp_path / "run", seed=0)
+    _pushed_with_export(hub_env, run, "tester/kept-export")
+    exported = hub.files("tester/kept-export")["model.onnx"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", hub_env["HF_TOKEN"])
+        push_to_hub(run, "tester/kept-export")  # the same weights again (e.g. a re-push)
+    files = hub.files("tester/kept-export")
+    assert files["model.onnx"] == exported
+    assert "onnxruntime.InferenceSession" in files["README.md"].decode()
+
+
+def test_an_export_of_other_weights_than_the_repos_is_not_pushed(hub, hub_env, tmp_path):
+    from hf_finetune.publish.hub import push_onnx, push_to_hub
+
+    run = make_finished_run(tmp_path / "run", seed=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", hub_env["HF_TOKEN"])
+        push_to_hub(run, "tester/other-weights")
+        make_finished_run(run, seed=1)  # trained again, not pushed
+        export_onnx(str(run), check_images=[])
+        commits_before = len(hub.commits("tester/other-weights"))
+        with pytest.raises(UserError, match="tester/other-weights holds other weights than the export .*"
+                                            "scripts/push.py"):
+            push_onnx(run, "tester/other-weights", run)
+    assert len(hub.commits("tester/other-weights")) == commits_before
+    assert "model.onnx" not in hub.files("tester/other-weights")

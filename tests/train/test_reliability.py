@@ -386,3 +386,17 @@ def test_two_nodes_without_a_shared_disk_train_stop_and_resume_exactly(photos, t
     _finish(_start_two_nodes(photos, tmp_path, "stopped"))  # the same two commands again
     _same_state(list_checkpoints(node0 / "straight")[-1], list_checkpoints(node0 / "stopped")[-1])
     _same_history(node0 / "straight", node0 / "stopped")
+
+
+def test_resume_none_moves_an_earlier_export_and_push_record_aside(tmp_path):
+    from hf_finetune.train.resume import move_previous_run_aside
+
+    out = tmp_path / "out"
+    out.mkdir()
+    names = ("model.safetensors", "metrics.json", "model.onnx", "preprocessor.json", "push.json")
+    for name in names:
+        (out / name).write_text(name)
+    (out / "notes.txt").write_text("the user's own")
+    aside = move_previous_run_aside(out)
+    assert sorted(path.name for path in aside.iterdir()) == sorted(names)
+    assert sorted(path.name for path in out.iterdir()) == sorted(["notes.txt", aside.name])
