@@ -5,7 +5,7 @@ import argparse
 from hf_finetune.cli import run_cli
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Start a Gradio page where a person uploads or drops an image and sees its labels with "
                     "probabilities as bars (the same numbers as scripts/predict.py), with the model card's summary "
@@ -21,7 +21,14 @@ def main() -> None:
                              "a Hub id (push a run with scripts/push.py first). The token comes from HF_TOKEN or "
                              "`hf auth login`.")
     parser.add_argument("--private", action="store_true", help="With --push-space: make a new Space private.")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port}: choose a port from 1 to 65535")
 
     if args.push_space:
         from hf_finetune.publish.space import push_space

@@ -26,8 +26,7 @@ def duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-def parse_args(argv: list[str]):
-    split = argv.index("--") if "--" in argv else len(argv)
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-trials", type=int, default=20,
                         help="finished (complete or pruned) trials the study should hold, counting every process's")
@@ -45,9 +44,21 @@ def parse_args(argv: list[str]):
     parser.add_argument("--heartbeat", type=int, default=60,
                         help="seconds between a running trial's heartbeats; one silent for twice as long (its "
                              "process died) is failed and run again, from its last checkpoint")
+    return parser
+
+
+def parse_args(argv: list[str]):
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = build_parser()
     args = parser.parse_args(argv[:split])
     if args.n_trials < 1 or args.heartbeat < 1:
         parser.error("--n-trials and --heartbeat must be at least 1")
+    if args.prune_startup_trials < 0 or args.prune_warmup_epochs < 0:
+        parser.error("--prune-startup-trials and --prune-warmup-epochs cannot be negative")
+    if args.space and not Path(args.space).is_file():
+        parser.error(f"--space {args.space}: no such file")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output-dir {args.output_dir} is a file: name a folder")
     return args, argv[split + 1:]
 
 

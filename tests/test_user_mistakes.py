@@ -24,6 +24,11 @@ from hf_finetune.config import FinetuneConfig
 BAD_BOOL = "maybe"
 FINETUNE_ROWS = {
     "data_dir": [["--data-dir", "{missing}"]],
+    "train_file": [["--train-file", "{missing}.csv"], ["--train-file", "{file}"]],
+    "eval_file": [["--eval-file", "{file}"]],
+    "test_file": [["--test-file", "{file}"]],
+    "label_delimiter": [["--label-delimiter", ""]],
+    "task": [["--task", "both"]],
     "dataset_name": [["--dataset-name", "user/food", "--data-dir", "{folder}"]],
     "val_fraction": [["--val-fraction", "1.5"], ["--val-fraction", "x"]],
     "cache_dir": [["--cache-dir", "{file}"]],
@@ -99,6 +104,7 @@ SCRIPT_ROWS = {
                    ["user/model", "{image}", "--output", "{file}/p.csv"]],
         "tta": [["user/model", "{image}", "--tta", "rotate"]],
         "onnx": [["user/model", "{image}", "--onnx=yes"]],
+        "int8": [["user/model", "{image}", "--int8"]],
     },
     "evaluate.py": {
         "model": [["{missing}", "{folder}"]],
@@ -116,6 +122,26 @@ SCRIPT_ROWS = {
         "output_dir": [["user/model", "--format", "onnx", "--output-dir", "{file}"]],
         "check_images": [["user/model", "--format", "onnx", "--check-images", "{missing}.jpg"]],
         "push_to_hub": [["user/model", "--format", "onnx", "--push-to-hub", "not a repo!"]],
+        "quantize": [["user/model", "--format", "onnx", "--quantize", "int4"]],
+    },
+    "demo.py": {
+        "model": [["{missing}"]],
+        "host": [["{folder}", "--host"]],
+        "port": [["{folder}", "--port", "x"], ["{folder}", "--port", "70000"]],
+        "push_space": [["{folder}", "--push-space"]],
+        "private": [["{folder}", "--private=yes"]],
+    },
+    "sweep.py": {
+        "n_trials": [["--n-trials", "0"], ["--n-trials", "x"]],
+        "timeout": [["--timeout", "soon"]],
+        "storage": [["--storage"]],
+        "study_name": [["--study-name"]],
+        "output_dir": [["--output-dir", "{file}"]],
+        "space": [["--space", "{missing}.yaml"]],
+        "seed": [["--seed", "x"]],
+        "prune_startup_trials": [["--prune-startup-trials", "-1"]],
+        "prune_warmup_epochs": [["--prune-warmup-epochs", "x"]],
+        "heartbeat": [["--heartbeat", "0"]],
     },
     "push.py": {
         "output_dir": [["{missing}", "user/model"]],
