@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # What a finished run leaves in its output folder besides checkpoints/, moved aside with them by --resume none.
 RUN_RESULTS = ("config.json", "model.safetensors", "README.md", "metrics.json", "training_curves.png",
-               "confusion_matrix.png", "run_config.json")
+               "confusion_matrix.png", "calibration.png", "run_config.json")
 
 
 def resume_training(parts: TrainingParts) -> tuple[TrainingProgress, Optional[ResumePoint]]:

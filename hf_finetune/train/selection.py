@@ -22,7 +22,9 @@ from hf_finetune.config import SELECT_METRICS
 from hf_finetune.model.ema import ema_state
 from hf_finetune.train.engine import evaluate
 from hf_finetune.errors import UserError
+from hf_finetune.model.calibrate import apply_temperature
 from hf_finetune.model.create import unwrap
+from hf_finetune.tasks.calibration import ECE_BINS, calibration_numbers, fit_temperature
 
 if TYPE_CHECKING:
     from hf_finetune.train.parts import TrainingParts
@@ -135,17 +137,37 @@ def load_selected(parts: TrainingParts, progress: TrainingProgress) -> dict:
 
 
 def final_evaluation(parts: TrainingParts, progress: TrainingProgress) -> dict:
-    """The selected weights on the eval split (and the test split, if any), plain and with --tta flip."""
+    """The selected weights on the eval split (and the test split, if any), plain and with --tta flip; then,
+    with --calibrate temperature, their temperature is fitted and put into the model (`calibrate_selected`)."""
     selected = load_selected(parts, progress)
-    report = {"selected": selected, "eval": evaluate(parts)}
+    report = {"selected": selected, "eval": evaluate(parts, keep_logits=True)}
+    logits = {"eval": _pop_logits(report["eval"])}
     test_loader: Optional[object] = getattr(parts, "test_loader", None)
     if test_loader is not None:
-        report["test"] = evaluate(parts, loader=test_loader)
+        report["test"] = evaluate(parts, loader=test_loader, keep_logits=True)
+        logits["test"] = _pop_logits(report["test"])
     if parts.config.tta == "flip":
         report["eval_tta"] = evaluate(parts, tta=True)
         if test_loader is not None:
             report["test_tta"] = evaluate(parts, loader=test_loader, tta=True)
+    if parts.config.calibrate == "temperature":
+        report["calibration"] = calibrate_selected(unwrap(parts.model), logits)
     return report
+
+
+def _pop_logits(metrics: dict) -> tuple:
+    return metrics.pop("logits"), metrics.pop("labels")
+
+
+def calibrate_selected(model, logits: dict[str, tuple]) -> dict:
+    """Fit T on the eval split's plain logits of the saved weights (the split that selected them; never the
+    TTA logits), divide the model's classifier by it, and return metrics.json's "calibration": T and, per split
+    (the test split scored with the T fitted on eval), ECE, NLL and reliability bins before and after.
+    The report's other numbers stay those of the uncalibrated logits (their accuracy is the same)."""
+    temperature = fit_temperature(*logits["eval"])
+    apply_temperature(model, temperature)
+    return {"method": "temperature", "temperature": temperature, "fitted_on": "eval", "bins": ECE_BINS,
+            **{split: calibration_numbers(*split_logits, temperature) for split, split_logits in logits.items()}}
 
 
 def eval_columns(metrics: dict, prefix: str = "eval") -> dict:
