@@ -141,10 +141,12 @@ def plot_reliability_diagram(calibration: dict, split_names: dict[str, str], pat
         numbers = calibration[split]
         for when, style in (("before", dict(fill=False, edgecolor="tab:red", linewidth=1.2)),
                             ("after", dict(color="tab:blue", alpha=0.6))):
-            accuracy = [value or 0.0 for value in numbers[when]["bins"]["accuracy"]]
-            axis.bar(lefts, accuracy, width=width, align="edge", label=_calibration_label(numbers, when), **style)
+            accuracy = numbers[when]["bins"]["accuracy"]
+            filled = [index for index, value in enumerate(accuracy) if value is not None]  # empty bins: no bar
+            axis.bar(lefts[filled], [accuracy[index] for index in filled], width=width, align="edge",
+                     label=_calibration_label(numbers, when), **style)
         axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-        axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy",
+        axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="confidence (top-1 probability)", ylabel="accuracy",
                  title=f"{split_names.get(split, split)} ({numbers['count']} images), T = "
                        f"{calibration['temperature']:.3f}")
         axis.title.set_fontsize(10)

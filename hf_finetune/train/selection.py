@@ -137,37 +137,37 @@ def load_selected(parts: TrainingParts, progress: TrainingProgress) -> dict:
 
 
 def final_evaluation(parts: TrainingParts, progress: TrainingProgress) -> dict:
-    """The selected weights on the eval split (and the test split, if any), plain and with --tta flip; then,
-    with --calibrate temperature, their temperature is fitted and put into the model (`calibrate_selected`)."""
+    """The selected weights (calibrated first with --calibrate temperature: the weights saved) on the eval split
+    and the test split, if any, plain and with --tta flip."""
     selected = load_selected(parts, progress)
-    report = {"selected": selected, "eval": evaluate(parts, keep_logits=True)}
-    logits = {"eval": _pop_logits(report["eval"])}
     test_loader: Optional[object] = getattr(parts, "test_loader", None)
+    calibration = calibrate_selected(parts, test_loader) if parts.config.calibrate == "temperature" else None
+    report = {"selected": selected, "eval": evaluate(parts)}
     if test_loader is not None:
-        report["test"] = evaluate(parts, loader=test_loader, keep_logits=True)
-        logits["test"] = _pop_logits(report["test"])
+        report["test"] = evaluate(parts, loader=test_loader)
     if parts.config.tta == "flip":
         report["eval_tta"] = evaluate(parts, tta=True)
         if test_loader is not None:
             report["test_tta"] = evaluate(parts, loader=test_loader, tta=True)
-    if parts.config.calibrate == "temperature":
-        report["calibration"] = calibrate_selected(unwrap(parts.model), logits)
+    if calibration is not None:
+        report["calibration"] = calibration
     return report
 
 
-def _pop_logits(metrics: dict) -> tuple:
-    return metrics.pop("logits"), metrics.pop("labels")
-
-
-def calibrate_selected(model, logits: dict[str, tuple]) -> dict:
-    """Fit T on the eval split's plain logits of the saved weights (the split that selected them; never the
-    TTA logits), divide the model's classifier by it, and return metrics.json's "calibration": T and, per split
-    (the test split scored with the T fitted on eval), ECE, NLL and reliability bins before and after.
-    The report's other numbers stay those of the uncalibrated logits (their accuracy is the same)."""
-    temperature = fit_temperature(*logits["eval"])
-    apply_temperature(model, temperature)
+def calibrate_selected(parts: TrainingParts, test_loader: Optional[object]) -> dict:
+    """Fit T on the plain logits (never the TTA ones) of the selected weights on the eval split, the split that
+    selected them; divide the model's classifier by it, on every process (the same gathered logits give each
+    the same T). Returns metrics.json's "calibration": T and, per split (the test split scored with the T fitted
+    on eval), ECE, NLL and reliability bins before and after. One more forward pass over eval (and test): the
+    report's own numbers are then the calibrated model's, as scripts/evaluate.py finds them in the saved one."""
+    logits = {"eval": evaluate(parts, keep_logits=True)}
+    if test_loader is not None:
+        logits["test"] = evaluate(parts, loader=test_loader, keep_logits=True)
+    temperature = fit_temperature(logits["eval"]["logits"], logits["eval"]["labels"])
+    apply_temperature(unwrap(parts.model), temperature)
     return {"method": "temperature", "temperature": temperature, "fitted_on": "eval", "bins": ECE_BINS,
-            **{split: calibration_numbers(*split_logits, temperature) for split, split_logits in logits.items()}}
+            **{split: calibration_numbers(result["logits"], result["labels"], temperature)
+               for split, result in logits.items()}}
 
 
 def eval_columns(metrics: dict, prefix: str = "eval") -> dict:
