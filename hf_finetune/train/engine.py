@@ -137,6 +137,5 @@ def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, load
             kept.append((gathered[0].cpu(), gathered[1].cpu()))
     result = {**metrics.compute(), "seconds": time.perf_counter() - started}
     if keep_logits:
-        result["logits"] = torch.cat([logits for logits, _ in kept]) if kept else torch.zeros(0, metrics.num_classes)
-        result["labels"] = torch.cat([labels for _, labels in kept]) if kept else torch.zeros(0, dtype=torch.long)
+        result["logits"], result["labels"] = (torch.cat(tensors) for tensors in zip(*kept))
     return result
