@@ -252,7 +252,7 @@ class FinetuneConfig:
     seed: int = _doc("Seed for initialization, shuffling, augmentation and the holdout split.", default=0)
     output_dir: str = _doc(
         "Where the model (config.json, model.safetensors: the selected epoch's weights), metrics.json, "
-        "confusion_matrix.png, training_curves.png and checkpoints/ go.",
+        "confusion_matrix.png, calibration.png, training_curves.png and checkpoints/ go.",
         default="output",
     )
     resume: str = _doc(
@@ -299,11 +299,18 @@ class FinetuneConfig:
         "mirror, reported beside the plain numbers (selection uses the plain ones).",
         default="none",
     )
+    calibrate: Literal["temperature", "none"] = _doc(
+        "'temperature': after selection, fit one temperature T on the eval split's logits of the saved weights "
+        "(minimum NLL; Guo et al. 2017) and divide the classifier's weight and bias by it, so every consumer of "
+        "the saved model gets calibrated probabilities (the argmax is unchanged); ECE and NLL before and after "
+        "go to metrics.json, calibration.png and the card. 'none': save the weights as trained.",
+        default="temperature",
+    )
 
     push_to_hub: Optional[str] = _doc(
         "After training, publish config.json, model.safetensors, README.md (the generated model card), "
-        "training_curves.png and confusion_matrix.png to this Hub repo ('user/name') in one commit, then pull it "
-        "back and check the logits. The token comes from HF_TOKEN or `hf auth login`, never from a flag.",
+        "training_curves.png, confusion_matrix.png and calibration.png to this Hub repo ('user/name') in one "
+        "commit, then pull it back and check the logits. The token comes from HF_TOKEN or `hf auth login`, never from a flag.",
         default=None,
     )
     hub_public: bool = _doc("Make a newly created Hub repo public (default: private).", default=False)
@@ -368,6 +375,8 @@ class FinetuneConfig:
                 validate_repo_id(self.push_to_hub)
             except HFValidationError as error:
                 raise UserError(f"--push-to-hub {self.push_to_hub!r} is no repo id ('user/name'): {error}") from None
+        if self.calibrate not in ("temperature", "none"):  # a --config file bypasses the flag's choices
+            raise UserError(f"--calibrate {self.calibrate}: use temperature or none")
         return self
 
     def _validate_manifests(self) -> None:

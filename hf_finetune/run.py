@@ -24,10 +24,11 @@ from hf_finetune.model.freezing import frozen_batchnorms, set_requires_grad
 from hf_finetune.train.guard import PREEMPTED, StopGuard, leave_together, main_process_checks
 from hf_finetune.hardware import cpu_model, cpu_only_launch
 from hf_finetune.publish.hub import check_push_possible, push_to_hub
+from hf_finetune.tasks.calibration import calibration_lines
 from hf_finetune.model.create import save_classifier, unwrap
 from hf_finetune.model.optim import describe_learning_rates, describe_param_groups
 from hf_finetune.train.parts import TrainingParts, create_training_parts
-from hf_finetune.evaluate.plots import plot_confusion_matrix
+from hf_finetune.evaluate.plots import plot_confusion_matrix, plot_reliability_diagram
 from hf_finetune.recipes import describe_recipe
 from hf_finetune.tasks import Task
 from hf_finetune.evaluate.report import library_versions, plot_training_curves, summary_lines
@@ -242,7 +243,8 @@ def selection_lines(metrics: dict, task: Task) -> list[str]:
     selected = report["selected"]
     lines = [f"saved: epoch {selected['epoch']}, {selected['weights']} weights ({selected['rule']})"]
     return lines + [f"{split.replace('_tta', ' +flip TTA')}: {task.summary_line(report[split])}"
-                    for split in ("eval", "eval_tta", "test", "test_tta") if split in report]
+                    for split in ("eval", "eval_tta", "test", "test_tta") if split in report] \
+        + calibration_lines(report.get("calibration"))
 
 
 def save_results(parts: TrainingParts, metrics: dict) -> None:
@@ -253,6 +255,9 @@ def save_results(parts: TrainingParts, metrics: dict) -> None:
     # The held-out test split when there is one: the eval split also chose the epoch.
     shown = metrics["selected"].get("test") or metrics["selected"]["eval"]
     plot_confusion_matrix(shown["confusion_matrix"], shown["label_names"], output_dir / "confusion_matrix.png")
+    if "calibration" in metrics["selected"]:  # the head already holds T: save_classifier saved calibrated weights
+        plot_reliability_diagram(metrics["selected"]["calibration"], {"eval": parts.data.eval_split,
+                                 "test": parts.data.test_split}, output_dir / "calibration.png")
     write_model_card(output_dir)
 
 

@@ -80,6 +80,7 @@ FINETUNE_ROWS = {
     "ema_decay": [["--ema-decay", "1"]],
     "ema_warmup": [["--ema-warmup", BAD_BOOL]],
     "tta": [["--tta", "rotate"]],
+    "calibrate": [["--calibrate", "platt"]],
     "push_to_hub": [["--push-to-hub", "not a repo!"]],
     "hub_public": [["--hub-public", BAD_BOOL]],
     "report_to": [["--report-to", "tensorbored"]],

@@ -122,3 +122,39 @@ def _short(name: str, limit: int = 22) -> str:
         return name
     head = (limit - 1) // 2
     return name[:head] + "\u2026" + name[len(name) - (limit - 1 - head):]
+
+
+def plot_reliability_diagram(calibration: dict, split_names: dict[str, str], path: Path) -> None:
+    """calibration.png: per split in metrics.json's "calibration" (eval, then test), the accuracy of each
+    confidence bin before (outline) and after (filled) temperature scaling against the diagonal of perfect
+    calibration, with ECE and NLL in the title (Guo et al. 2017, figure 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on training machines
+    import matplotlib.pyplot as plt
+
+    splits = [split for split in ("eval", "test") if split in calibration]
+    figure, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 4.2), dpi=110, squeeze=False)
+    width = 1 / calibration["bins"]
+    lefts = np.arange(calibration["bins"]) * width
+    for axis, split in zip(axes[0], splits):
+        numbers = calibration[split]
+        for when, style in (("before", dict(fill=False, edgecolor="tab:red", linewidth=1.2)),
+                            ("after", dict(color="tab:blue", alpha=0.6))):
+            accuracy = numbers[when]["bins"]["accuracy"]
+            filled = [index for index, value in enumerate(accuracy) if value is not None]  # empty bins: no bar
+            axis.bar(lefts[filled], [accuracy[index] for index in filled], width=width, align="edge",
+                     label=_calibration_label(numbers, when), **style)
+        axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="confidence (top-1 probability)", ylabel="accuracy",
+                 title=f"{split_names.get(split, split)} ({numbers['count']} images), T = "
+                       f"{calibration['temperature']:.3f}")
+        axis.title.set_fontsize(10)
+        axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _calibration_label(numbers: dict, when: str) -> str:
+    return f"{when}: ECE {numbers[when]['ece']:.3f}, NLL {numbers[when]['nll']:.3f}"

@@ -45,7 +45,7 @@ def results_context(run: dict, metrics: dict) -> dict:
     """The template's `selection` (or None for an older run): sentence, split table, per-class table."""
     report = metrics.get("selected")
     if not report:
-        return {"selection": None}
+        return {"selection": None, "calibration": None}
     names, selected, config = split_names(run), report["selected"], run["config"]
     columns = [(split, names[split] + (" + flip TTA" if tta else "")) for split in SPLIT_KEYS
                for tta in (False, True) if split + ("_tta" if tta else "") in report]
@@ -55,12 +55,23 @@ def results_context(run: dict, metrics: dict) -> dict:
         if any(values):
             rows.append([title] + values)
     per_class_split = "test" if "test" in report else "eval"
-    return {"selection": {
+    return {"calibration": calibration_context(report.get("calibration"), names), "selection": {
         "sentence": _sentence(selected, names, config, metrics, "test" in report),
         "columns": [name for _, name in columns], "rows": rows, "per_class_split": names[per_class_split],
         "per_class": [[table_cell(name), _value(scores["precision"]), _value(scores["recall"]), _value(scores["f1"]),
                        str(scores["support"])] for name, scores in report[per_class_split]["per_class"].items()],
         "confusion_split": names[per_class_split]}}
+
+
+def calibration_context(calibration: Optional[dict], names: dict) -> Optional[dict]:
+    """The template's `calibration`: the temperature and, per split, ECE (15 bins) and NLL before and after."""
+    if not calibration:
+        return None
+    rows = [[f"`{names[split]}`", *(_value(calibration[split][when][key]) for key in ("ece", "nll")
+                                    for when in ("before", "after"))]
+            for split in SPLIT_KEYS if split in calibration]
+    return {"temperature": f"{calibration['temperature']:.4f}", "bins": calibration["bins"], "rows": rows,
+            "fitted_on": names["eval"]}
 
 
 def _sentence(selected: dict, names: dict, config: dict, metrics: dict, has_test: bool) -> str:

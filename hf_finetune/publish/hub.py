@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 
 # Exactly what a push publishes: the model in timm's Hub layout, its card and the card's picture.
 PUSHED_FILES = ("config.json", "model.safetensors", "README.md", "training_curves.png",
-                "confusion_matrix.png")
-OPTIONAL_FILES = {"confusion_matrix.png"}  # runs recorded before model selection have none
+                "confusion_matrix.png", "calibration.png")
+# Runs recorded before model selection have no confusion matrix; runs with --calibrate none no calibration.png.
+OPTIONAL_FILES = {"confusion_matrix.png", "calibration.png"}
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 # create_repo, the card's YAML check and the commit POST are not retried by huggingface_hub itself.
 RETRY_WAITS = (1.0, 2.0, 4.0, 8.0)

@@ -112,12 +112,15 @@ def _batches_from(accelerator, loader, epoch: int, resume: Optional[ResumePoint]
 
 
 @torch.no_grad()
-def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, loader=None, tta: bool = False) -> dict:
+def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, loader=None, tta: bool = False,
+             keep_logits: bool = False) -> dict:
     """The task's metrics (`parts.task.create_metrics().compute()`) of `model` (default the trained one; the EMA
     copy, the selected weights) on `loader` (default the eval split), plus "seconds". Exact across processes:
     gather_for_metrics gives every process every sample once (the last batch's padding dropped), and the
     metrics are computed from counts and exactly rounded loss sums, so each process gets the same numbers as
-    one process would. `tta`: the task's merge of the logits of each image and its mirror (tta.flip_tta_logits)."""
+    one process would. `tta`: the task's merge of the logits of each image and its mirror (tta.flip_tta_logits).
+    `keep_logits`: the result also holds the gathered "logits" and "labels" (CPU tensors, every sample once, the
+    same on every process)."""
     # `is None`, not `or`: a DataLoader (and a Sequential) with length 0 is falsy.
     model = parts.model if model is None else model
     loader = parts.eval_loader if loader is None else loader
@@ -125,6 +128,7 @@ def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, load
     model.eval()
     started = time.perf_counter()
     metrics = task.create_metrics()
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     for batch in loader:
         images, labels = normalize(batch["pixel_values"]), batch["label"]
         # Under the run's autocast whichever model it is: the EMA copy is not wrapped by accelerator.prepare.
@@ -132,5 +136,11 @@ def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, load
             logits = flip_tta_logits(model, images, task.merge_tta) if tta else model(images)
         logits = logits.float()
         losses = task.eval_losses(logits, labels)
-        metrics.update(*accelerator.gather_for_metrics((logits, labels, losses)))
-    return {**metrics.compute(), "seconds": time.perf_counter() - started}
+        gathered = accelerator.gather_for_metrics((logits, labels, losses))
+        metrics.update(*gathered)
+        if keep_logits:
+            kept.append((gathered[0].cpu(), gathered[1].cpu()))
+    result = {**metrics.compute(), "seconds": time.perf_counter() - started}
+    if keep_logits:
+        result["logits"], result["labels"] = (torch.cat(tensors) for tensors in zip(*kept))
+    return result

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 # What a finished run leaves in its output folder besides checkpoints/, moved aside with them by --resume none:
 # its results, its push record and its ONNX export (serve.onnx_model.EXPORT_FILES, of these weights only).
 RUN_RESULTS = ("config.json", "model.safetensors", "README.md", "metrics.json", "training_curves.png",
-               "confusion_matrix.png", "run_config.json", "push.json", "model.onnx", "preprocessor.json", "model.int8.onnx",
-               "model.int8.json")
+               "confusion_matrix.png", "calibration.png", "run_config.json", "push.json", "model.onnx",
+               "preprocessor.json", "model.int8.onnx", "model.int8.json")
 
 
 def resume_training(parts: TrainingParts) -> tuple[TrainingProgress, Optional[ResumePoint]]:

@@ -21,8 +21,10 @@ from hf_finetune.train.checkpoints import EMA_FILE, TrainingProgress, checkpoint
 from hf_finetune.model.ema import ema_state, share_ema_statistics
 from hf_finetune.train.engine import evaluate
 from hf_finetune.errors import UserError
+from hf_finetune.model.calibrate import apply_temperature
 from hf_finetune.model.create import unwrap
 from hf_finetune.tasks import Task
+from hf_finetune.tasks.calibration import ECE_BINS, calibration_numbers, fit_temperature
 
 if TYPE_CHECKING:
     from hf_finetune.train.parts import TrainingParts
@@ -163,17 +165,37 @@ def load_selected(parts: TrainingParts, progress: TrainingProgress) -> dict:
 
 
 def final_evaluation(parts: TrainingParts, progress: TrainingProgress) -> dict:
-    """The selected weights on the eval split (and the test split, if any), plain and with --tta flip."""
+    """The selected weights (calibrated first with --calibrate temperature: the weights saved) on the eval split
+    and the test split, if any, plain and with --tta flip."""
     selected = load_selected(parts, progress)
-    report = {"selected": selected, "eval": evaluate(parts)}
     test_loader: Optional[object] = getattr(parts, "test_loader", None)
+    calibration = calibrate_selected(parts, test_loader) if parts.config.calibrate == "temperature" else None
+    report = {"selected": selected, "eval": evaluate(parts)}
     if test_loader is not None:
         report["test"] = evaluate(parts, loader=test_loader)
     if parts.config.tta == "flip":
         report["eval_tta"] = evaluate(parts, tta=True)
         if test_loader is not None:
             report["test_tta"] = evaluate(parts, loader=test_loader, tta=True)
+    if calibration is not None:
+        report["calibration"] = calibration
     return report
+
+
+def calibrate_selected(parts: TrainingParts, test_loader: Optional[object]) -> dict:
+    """Fit T on the plain logits (never the TTA ones) of the selected weights on the eval split, the split that
+    selected them; divide the model's classifier by it, on every process (the same gathered logits give each
+    the same T). Returns metrics.json's "calibration": T and, per split (the test split scored with the T fitted
+    on eval), ECE, NLL and reliability bins before and after. One more forward pass over eval (and test): the
+    report's own numbers are then the calibrated model's, as scripts/evaluate.py finds them in the saved one."""
+    logits = {"eval": evaluate(parts, keep_logits=True)}
+    if test_loader is not None:
+        logits["test"] = evaluate(parts, loader=test_loader, keep_logits=True)
+    temperature = fit_temperature(logits["eval"]["logits"], logits["eval"]["labels"])
+    apply_temperature(unwrap(parts.model), temperature)
+    return {"method": "temperature", "temperature": temperature, "fitted_on": "eval", "bins": ECE_BINS,
+            **{split: calibration_numbers(result["logits"], result["labels"], temperature)
+               for split, result in logits.items()}}
 
 
 def eval_columns(metrics: dict, prefix: str = "eval") -> dict:

@@ -50,9 +50,10 @@ def _argv(photos, out, *extra):
 
 def test_the_saved_model_is_the_best_epochs_and_save_last_keeps_the_last(photos, tmp_path):
     # A high learning rate on every layer: the eval loss is best early and worse at the end, so best and last differ.
-    # (--freeze-epochs 1 --freeze-bn: the lp-ft recipe's values, which a random backbone no longer gets by default.)
+    # (--freeze-epochs 1 --freeze-bn: the lp-ft recipe's values, which a random backbone no longer gets by default;
+    # --calibrate none: the saved weights are compared with the checkpoints' bit for bit.)
     common = ("--epochs", "3", "--lr", "0.05", "--layer-decay", "1", "--keep-checkpoints", "0", "--freeze-epochs",
-              "1", "--freeze-bn")
+              "1", "--freeze-bn", "--calibrate", "none")
     result = run_script("finetune.py", *_argv(photos, tmp_path / "best", *common, "--report-to", "tensorboard"))
     metrics = _metrics(tmp_path / "best")
     _check_tracker_scalars(tmp_path / "best", metrics["history"])
@@ -100,7 +101,7 @@ def test_early_stopping_with_ema_resumes_to_the_same_stop_and_the_same_ema_weigh
     same history, the same saved weights and a bitwise identical EMA. --min-delta 100 makes every epoch after
     the first no improvement, so --patience 1 stops after epoch 2 of 5."""
     extra = ("--epochs", "5", "--patience", "1", "--min-delta", "100", "--model-ema", "--ema-decay", "0.9",
-             "--momentum", "0.9", "--batch-size", "4")
+             "--momentum", "0.9", "--batch-size", "4", "--calibrate", "none")  # saved = checkpoint, bit for bit
     straight = run_script("finetune.py", *_argv(photos, tmp_path / "straight", *extra))
     assert "early stopping: no eval_loss improvement > 100 for 1 epoch(s); best epoch 1" in straight.stdout
     assert [row["epoch"] for row in _metrics(tmp_path / "straight")["history"]] == [1, 2]
