@@ -39,8 +39,8 @@ def replicated(source: Path, target: Path, copies: int, limit: int = 0) -> Path:
 
 def photo_splits(photos: Path) -> tuple[Path, Path]:
     """The train and held-out split folders of a DIR/train + DIR/<val|validation|valid|test> photo folder, found
-    as a run finds them (`hf_finetune.data.sources.find_splits`). A benchmark needs both: a folder without a held-out split,
-    which a run would carve a holdout out of, is refused."""
+    as a run finds them (`hf_finetune.data.sources.find_splits`). A benchmark needs both: a folder without a
+    held-out split, which a run would carve a holdout out of, is refused."""
     from hf_finetune.config import EVAL_SPLIT_NAMES
     from hf_finetune.data.sources import find_splits
     from hf_finetune.errors import UserError

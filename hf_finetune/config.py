@@ -310,7 +310,8 @@ class FinetuneConfig:
     push_to_hub: Optional[str] = _doc(
         "After training, publish config.json, model.safetensors, README.md (the generated model card), "
         "training_curves.png, confusion_matrix.png and calibration.png to this Hub repo ('user/name') in one "
-        "commit, then pull it back and check the logits. The token comes from HF_TOKEN or `hf auth login`, never from a flag.",
+        "commit, then pull it back and check the logits. The token comes from HF_TOKEN or `hf auth login`, never "
+        "from a flag.",
         default=None,
     )
     hub_public: bool = _doc("Make a newly created Hub repo public (default: private).", default=False)
@@ -368,6 +369,10 @@ class FinetuneConfig:
         if not 0 <= self.seed < 2 ** 32:
             raise UserError(f"--seed must be in [0, 2**32) (numpy's seeds), got {self.seed}")
         self._validate_trackers()
+        self._validate_outputs()
+        return self
+
+    def _validate_outputs(self) -> None:
         if self.push_to_hub:
             from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -377,7 +382,6 @@ class FinetuneConfig:
                 raise UserError(f"--push-to-hub {self.push_to_hub!r} is no repo id ('user/name'): {error}") from None
         if self.calibrate not in ("temperature", "none"):  # a --config file bypasses the flag's choices
             raise UserError(f"--calibrate {self.calibrate}: use temperature or none")
-        return self
 
     def _validate_manifests(self) -> None:
         if self.eval_file and not self.train_file:

@@ -17,7 +17,8 @@ def available_cpus() -> int:
 
 # How many processes a launcher started on this machine: torchrun's (so accelerate launch's), then the MPIs',
 # the counterparts of the local ranks Accelerate reads (LOCAL_RANK, MPI_LOCALRANKID, OMPI_/MV2_COMM_WORLD_LOCAL_RANK).
-LOCAL_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+LOCAL_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                        "MV2_COMM_WORLD_LOCAL_SIZE")
 
 
 def processes_on_this_machine(num_processes: int, environ: Mapping[str, str] = os.environ) -> int:

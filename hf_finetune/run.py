@@ -6,7 +6,6 @@ Side effects that must happen once (writing files, printing, pushing) sit behind
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from hf_finetune.publish.card import write_model_card
-from hf_finetune.train.checkpoints import TrainingProgress, checkpoints_dir, save_checkpoint
+from hf_finetune.train.checkpoints import TrainingProgress, save_checkpoint
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.train.engine import EpochStats, ResumePoint, train_one_epoch
 from hf_finetune.errors import TrainingStopped, UserError
@@ -23,7 +22,7 @@ from hf_finetune.files import write_json
 from hf_finetune.model.freezing import frozen_batchnorms, set_requires_grad
 from hf_finetune.train.guard import PREEMPTED, StopGuard, leave_together, main_process_checks
 from hf_finetune.hardware import cpu_model, cpu_only_launch
-from hf_finetune.publish.hub import check_push_possible, push_to_hub
+from hf_finetune.publish.hub import check_push_possible, push_once
 from hf_finetune.tasks.calibration import calibration_lines
 from hf_finetune.model.create import save_classifier, unwrap
 from hf_finetune.model.optim import describe_learning_rates, describe_param_groups
@@ -32,7 +31,7 @@ from hf_finetune.evaluate.plots import plot_confusion_matrix, plot_reliability_d
 from hf_finetune.recipes import describe_recipe
 from hf_finetune.tasks import Task
 from hf_finetune.evaluate.report import library_versions, plot_training_curves, summary_lines
-from hf_finetune.train.resume import RUN_RESULTS, resume_training
+from hf_finetune.train.resume import check_output_dir_is_ours, resume_training
 from hf_finetune.train.selection import (eval_columns, evaluate_candidates, final_evaluation, prune_best, save_best,
                                          select_epoch)
 
@@ -75,22 +74,8 @@ def finetune(config: FinetuneConfig, on_epoch_end: Sequence[Callable[[int, dict]
     leave_together(parts.accelerator)
     parts.accelerator.end_training()
     if parts.accelerator.is_main_process and config.push_to_hub:  # needs no other process: they need not wait
-        push_once(Path(config.output_dir), config)
+        push_once(Path(config.output_dir), config.push_to_hub, private=not config.hub_public)
     return metrics
-
-
-def check_output_dir_is_ours(config: FinetuneConfig) -> None:
-    """Refuse a run into a folder holding files of the names a run writes (`--output-dir .` in a repository: its
-    README.md, config.json) that no earlier run wrote there, before writing over them. Every process checks the
-    same folder before any of them writes (the first write follows the processes' first meeting)."""
-    output_dir = Path(config.output_dir)
-    if config.resume == "none" or (output_dir / "run_config.json").is_file() or checkpoints_dir(output_dir).is_dir():
-        return  # --resume none moves them aside; a run_config.json or checkpoints/: an earlier run's folder
-    foreign = [name for name in RUN_RESULTS if (output_dir / name).exists()]
-    if foreign:
-        raise UserError(f"{output_dir} holds {', '.join(foreign)}, which no hf_finetune run wrote there: choose an "
-                        f"empty --output-dir, or pass --resume none to move them aside into "
-                        f"{output_dir / 'previous-run-<time>'}/")
 
 
 def record_start(parts: TrainingParts) -> None:
@@ -259,15 +244,3 @@ def save_results(parts: TrainingParts, metrics: dict) -> None:
         plot_reliability_diagram(metrics["selected"]["calibration"], {"eval": parts.data.eval_split,
                                  "test": parts.data.test_split}, output_dir / "calibration.png")
     write_model_card(output_dir)
-
-
-def push_once(output_dir: Path, config: FinetuneConfig) -> None:
-    """Push, unless this exact model already went to this repo (a re-run pushes nothing twice)."""
-    record_path = output_dir / "push.json"
-    model_digest = hashlib.sha256((output_dir / "model.safetensors").read_bytes()).hexdigest()
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    if record.get(config.push_to_hub) == model_digest:
-        print(f"already pushed to {config.push_to_hub}: nothing to push")
-        return
-    print(f"pushed: {push_to_hub(output_dir, config.push_to_hub, private=not config.hub_public)}")
-    write_json(record_path, {**record, config.push_to_hub: model_digest})

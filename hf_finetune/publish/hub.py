@@ -17,7 +17,7 @@ import torch
 
 from hf_finetune.publish.card import read_run_records, write_model_card
 from hf_finetune.errors import UserError, first_line
-from hf_finetune.files import sha256_of
+from hf_finetune.files import sha256_of, write_json
 from hf_finetune.serve.predict import load_classifier
 
 logger = logging.getLogger(__name__)
@@ -232,3 +232,15 @@ def _describe(error: Exception) -> str:
     status = _status_of(error)
     text = first_line(error)
     return f"HTTP {status}: {text}" if status and str(status) not in text else text
+
+
+def push_once(output_dir: Path, repo_id: str, private: bool) -> None:
+    """Push, unless this exact model already went to this repo (a re-run pushes nothing twice)."""
+    record_path = output_dir / "push.json"
+    model_digest = sha256_of(output_dir / "model.safetensors")
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if record.get(repo_id) == model_digest:
+        print(f"already pushed to {repo_id}: nothing to push")
+        return
+    print(f"pushed: {push_to_hub(output_dir, repo_id, private=private)}")
+    write_json(record_path, {**record, repo_id: model_digest})

@@ -119,3 +119,17 @@ def apply_checkpoint(parts: TrainingParts, checkpoint: dict, progress: TrainingP
         parts.accelerator.scaler.load_state_dict(checkpoint["scaler"])
     progress.load_state_dict(checkpoint["progress"])
     return checkpoint["rng"][parts.accelerator.process_index]
+
+
+def check_output_dir_is_ours(config) -> None:
+    """Refuse a run into a folder holding files of the names a run writes (`--output-dir .` in a repository: its
+    README.md, config.json) that no earlier run wrote there, before writing over them. Every process checks the
+    same folder before any of them writes (the first write follows the processes' first meeting)."""
+    output_dir = Path(config.output_dir)
+    if config.resume == "none" or (output_dir / "run_config.json").is_file() or checkpoints_dir(output_dir).is_dir():
+        return  # --resume none moves them aside; a run_config.json or checkpoints/: an earlier run's folder
+    foreign = [name for name in RUN_RESULTS if (output_dir / name).exists()]
+    if foreign:
+        raise UserError(f"{output_dir} holds {', '.join(foreign)}, which no hf_finetune run wrote there: choose an "
+                        f"empty --output-dir, or pass --resume none to move them aside into "
+                        f"{output_dir / 'previous-run-<time>'}/")

@@ -13,7 +13,8 @@ from paths import HOTDOG_MINI, LITE0_WEIGHTS
 from torch import nn
 
 from hf_finetune.errors import UserError
-from hf_finetune.model.labels import describe_matches, match_labels, normalize_label, parse_label_map, source_label_names
+from hf_finetune.model.labels import (describe_matches, match_labels, normalize_label, parse_label_map,
+                                      source_label_names)
 from hf_finetune.model.create import SourceModel, create_classifier
 from hf_finetune.model.reuse import copy_classifier_rows
 
