@@ -19,6 +19,9 @@ EVAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
 # --select-metric name -> (key of metrics.ClassificationMetrics.compute(), True when higher is better)
 SELECT_METRICS = {"eval_loss": ("loss", False), "accuracy": ("accuracy", True), "macro_f1": ("macro_f1", True),
                   "balanced_accuracy": ("balanced_accuracy", True), "top5": ("top5", True)}
+# the same for multi-label data (tasks.multi_label.MultiLabel)
+MULTI_LABEL_SELECT_METRICS = {"eval_loss": ("loss", False), "map": ("map", True), "micro_f1": ("micro_f1", True),
+                              "macro_f1": ("macro_f1", True), "exact_match": ("exact_match", True)}
 
 
 from hf_finetune.recipes import DEFAULT_RECIPE, RECIPES, apply_recipe
@@ -265,11 +268,12 @@ class FinetuneConfig:
     compile: bool = _doc("torch.compile the model with inductor (about a minute of compiling in the first steps; "
                          "within noise of eager on a 2-core CPU, see BENCHMARKS.md).", default=False)
     # model selection and evaluation
-    select_metric: str = _doc(
-        "Which epoch's weights are saved, carded and pushed: the best by this eval metric, one of "
-        f"{', '.join(SELECT_METRICS)}. Default eval_loss: it is continuous, while on small eval sets "
-        "accuracy moves in steps of 1/N and ties, so it would pick on noise (ties keep the earlier epoch).",
-        default="eval_loss",
+    select_metric: Optional[str] = _doc(
+        "Which epoch's weights are saved, carded and pushed: the best by this eval metric; single-label: "
+        f"{', '.join(SELECT_METRICS)}; multi-label: {', '.join(MULTI_LABEL_SELECT_METRICS)}. Default: eval_loss "
+        "for single-label (continuous, while on small eval sets accuracy moves in steps of 1/N and ties, so it "
+        "would pick on noise; ties keep the earlier epoch), map for multi-label (threshold-free).",
+        default=None,
     )
     save_last: bool = _doc("Save, card and push the last epoch's weights instead of the best epoch's.",
                            default=False)
@@ -345,8 +349,10 @@ class FinetuneConfig:
             raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         if self.pretrained_path and not Path(self.pretrained_path).is_file():
             raise UserError(f"--pretrained-path {self.pretrained_path} is not a file")
-        if self.select_metric not in SELECT_METRICS:
-            raise UserError(f"--select-metric {self.select_metric}: unknown; use one of {', '.join(SELECT_METRICS)}")
+        known = {**SELECT_METRICS, **MULTI_LABEL_SELECT_METRICS}
+        if self.select_metric is not None and self.select_metric not in known:
+            raise UserError(f"--select-metric {self.select_metric}: unknown; use one of {', '.join(SELECT_METRICS)} "
+                            f"(single-label) or {', '.join(MULTI_LABEL_SELECT_METRICS)} (multi-label)")
         if self.patience is not None and self.patience < 1:
             raise UserError(f"--patience must be at least 1 epoch, got {self.patience}")
         if self.min_delta < 0 or not 0 < self.ema_decay < 1:

@@ -21,6 +21,7 @@ def create_task(name: str, label_names: Sequence[str], config=None, train_labels
     from hf_finetune.tasks.single_label import SingleLabel
 
     tasks = {SINGLE_LABEL: SingleLabel, MULTI_LABEL: MultiLabel}
+    name = name.replace("-", "_")  # the data's and --task's spelling (single-label, multi-label)
     if name not in tasks:
         raise UserError(f"task {name!r}: unknown; one of {', '.join(tasks)}")
     return tasks[name].create(label_names, config, train_labels)

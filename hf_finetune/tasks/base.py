@@ -9,7 +9,7 @@ A task turns labels into training targets and scores logits against them (`train
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 
@@ -32,6 +32,11 @@ class Task(Protocol):
     card_metric_ids: list[str]  # the card's `metrics`: Hub metric ids of what the model-index reports
     card_rows: Sequence[tuple[str, str]]  # the card's results table: (metrics key, row title)
     class_weights: Optional[torch.Tensor]  # the loss's weight per label, or None (recorded in run_config.json)
+    default_select_metric: str  # --select-metric when unset
+    history_columns: Sequence[tuple[str, str]]  # metrics.json's eval columns: (metrics key, column suffix)
+    per_label_key: str  # the create_metrics().compute() key of the per-label scores
+    card_per_label: Sequence[tuple[str, str]]  # the card's per-label table: (per-label score key, column title)
+    label_encoder: Optional[Callable]  # applied by the loaders to each row's label (None: kept as it is)
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:

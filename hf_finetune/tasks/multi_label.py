@@ -9,15 +9,24 @@ hamming loss).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from hf_finetune.config import MULTI_LABEL_SELECT_METRICS
 from hf_finetune.errors import UserError
 from hf_finetune.tasks.multi_label_metrics import (DEFAULT_THRESHOLD, MultiLabelMetrics, summary_line,
                                                    tune_thresholds)
 from hf_finetune.tasks.tta import mean_logits
+
+
+def multi_hot(indices: Sequence[int], num_labels: int) -> torch.Tensor:
+    """A row's list of class indices (data/label_sets.py) as a float [num_labels] target of 0s and 1s."""
+    target = torch.zeros(num_labels)
+    target[list(indices)] = 1.0
+    return target
 
 
 def balanced_pos_weight(targets: torch.Tensor) -> torch.Tensor:
@@ -33,8 +42,15 @@ def balanced_pos_weight(targets: torch.Tensor) -> torch.Tensor:
 
 class MultiLabel:
     name = "multi_label"
-    select_metrics = {"eval_loss": ("loss", False), "map": ("map", True), "micro_f1": ("micro_f1", True),
-                      "macro_f1": ("macro_f1", True), "exact_match": ("exact_match", True)}
+    select_metrics = MULTI_LABEL_SELECT_METRICS
+    default_select_metric = "map"  # threshold-free, and what the card and Kaggle report
+    # metrics.json's history columns: (metrics key, column suffix); eval_acc is the exact match, as train_acc
+    history_columns = (("loss", "loss"), ("exact_match", "acc"), ("count", "count"), ("map", "map"),
+                       ("micro_f1", "micro_f1"), ("macro_f1", "macro_f1"), ("hamming_loss", "hamming_loss"),
+                       ("per_label", "per_label"))
+    per_label_key = "per_label"
+    card_per_label = (("ap", "AP"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
+                      ("threshold", "threshold"), ("support", "support"))
     card_metrics = (("map", "map", "mAP", None), ("micro_f1", "f1", "Micro F1", {"average": "micro"}),
                     ("macro_f1", "f1", "Macro F1", {"average": "macro"}))
     card_metric_ids = ["f1"]
@@ -53,6 +69,12 @@ class MultiLabel:
     def class_weights(self) -> Optional[torch.Tensor]:
         return self.pos_weight
 
+    @property
+    def label_encoder(self):
+        """What the loaders apply to each row's label: its class indices -> its multi-hot target (picklable
+        for loader workers)."""
+        return partial(multi_hot, num_labels=len(self.label_names))
+
     @classmethod
     def create(cls, label_names: Sequence[str], config=None, train_labels=None) -> "MultiLabel":
         """With the run's config and the train split's multi-hot labels: its loss options."""
@@ -60,7 +82,9 @@ class MultiLabel:
             return cls(label_names)
         if config.mixup or config.cutmix:
             raise UserError("--mixup/--cutmix: not available for multi-label data yet; leave them at 0")
-        pos_weight = balanced_pos_weight(train_labels) if config.class_weights == "balanced" else None
+        pos_weight = None
+        if config.class_weights == "balanced":
+            pos_weight = balanced_pos_weight(torch.stack([multi_hot(row, len(label_names)) for row in train_labels]))
         return cls(label_names, label_smoothing=config.label_smoothing, pos_weight=pos_weight)
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,

@@ -27,6 +27,12 @@ class SingleLabel:
     card_metric_ids = ["accuracy", "f1"]
     card_rows = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
                  ("top5", "top-5 accuracy"), ("loss", "loss"), ("count", "images"))
+    default_select_metric = "eval_loss"
+    history_columns = (("loss", "loss"), ("accuracy", "acc"), ("count", "count"), ("top5", "top5"),
+                       ("macro_f1", "macro_f1"), ("balanced_accuracy", "balanced_accuracy"), ("per_class", "per_class"))
+    label_encoder = None  # the loaders' class indices are the targets
+    per_label_key = "per_class"  # create_metrics().compute()'s per-class scores
+    card_per_label = (("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("support", "support"))
 
     def __init__(self, label_names: Sequence[str], objective: Optional[TrainingObjective] = None):
         self.label_names = list(label_names)

@@ -21,7 +21,7 @@ from hf_finetune.train.guard import node_main_first
 from hf_finetune.hardware import Precision, cpu_only_launch, machine_precision
 from hf_finetune.data.loaders import Normalize, create_dataloaders, create_eval_loader, create_normalize
 from hf_finetune.model.create import SourceModel, create_classifier
-from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
+from hf_finetune.tasks import Task, create_task
 from hf_finetune.model.optim import create_optimizer, create_param_groups, create_scheduler
 from hf_finetune.recipes import resolve_for_data, resolve_for_model
 from hf_finetune.model.reuse import reuse_classifier_rows
@@ -86,6 +86,13 @@ def per_device_batch_size(config: FinetuneConfig, num_processes: int) -> int:
     return config.batch_size // shares
 
 
+def resolve_select_metric(config: FinetuneConfig, task: Task) -> None:
+    """The one place --select-metric gets its default, the task's; a given one must be the task's."""
+    if config.select_metric is None:
+        config.select_metric = task.default_select_metric
+    task.check_select_metric(config.select_metric)
+
+
 def create_training_parts(config: FinetuneConfig) -> TrainingParts:
     from accelerate.utils import set_seed
 
@@ -101,12 +108,15 @@ def create_training_parts(config: FinetuneConfig) -> TrainingParts:
     # The decode-once cache, likewise per machine; the main process alone reports bad files.
     data = node_main_first(accelerator, partial(prepare_images, data, model, config.cache, config.max_bad_fraction,
                                                 report=accelerator.is_main_process))
+    task = create_task(data.task, data.label_names, config, data.train["label"])
+    resolve_select_metric(config, task)
     train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
-                                                   accelerator.num_processes, config.seed, config.auto_augment)
-    task = create_task(SINGLE_LABEL, data.label_names, config, data.train["label"])
+                                                   accelerator.num_processes, config.seed, config.auto_augment,
+                                                   task.label_encoder)
     normalize = create_normalize(model)
     test_loader = (None if data.test is None else create_eval_loader(data.test, model, batch_per_device,
-                                                                     config.num_workers, accelerator.num_processes))
+                                                                     config.num_workers, accelerator.num_processes,
+                                                                     task.label_encoder))
     frozen = parameters_to_freeze(model, config.freeze, config.freeze_fraction)
     set_requires_grad(model, frozen, False)  # before the optimizer: frozen parameters are not in it
     optimizer = create_optimizer(create_param_groups(model, config), config)

@@ -144,9 +144,7 @@ def final_evaluation(parts: TrainingParts, progress: TrainingProgress) -> dict:
     return report
 
 
-def eval_columns(metrics: dict, prefix: str = "eval") -> dict:
-    """An evaluation's columns of a metrics.json history row (eval_acc, eval_loss, eval_count kept as before)."""
-    return {f"{prefix}_loss": metrics["loss"], f"{prefix}_acc": metrics["accuracy"],
-            f"{prefix}_count": metrics["count"], f"{prefix}_top5": metrics["top5"],
-            f"{prefix}_macro_f1": metrics["macro_f1"], f"{prefix}_balanced_accuracy": metrics["balanced_accuracy"],
-            f"{prefix}_per_class": metrics["per_class"]}
+def eval_columns(metrics: dict, task: Task, prefix: str = "eval") -> dict:
+    """An evaluation's columns of a metrics.json history row: the task's `history_columns` (single-label:
+    eval_acc, eval_loss, eval_count kept as before)."""
+    return {f"{prefix}_{suffix}": metrics[key] for key, suffix in task.history_columns}

@@ -1,0 +1,74 @@
+"""A multi-label run end to end through scripts/finetune.py: a tiny CSV manifest of generated images whose
+labels are the colour channels they show, trained 2 epochs; metrics.json holds mAP and F1 per epoch and the
+epoch is selected on mAP."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_script
+
+LABELS = ("red", "green", "blue")
+COMBINATIONS = ("red", "green", "blue", "red green", "green blue", "red blue", "red green blue", "")
+TRAINING = ("--model", "test_resnet", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--recipe", "d2l",
+            "--mixed-precision", "no")
+
+
+def make_multi_label_manifests(root: Path, per_split=(16, 8)) -> Path:
+    """train.csv / val.csv of 40x32 JPEGs that show one bright colour channel per label they carry."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "val"), per_split):
+        rows = []
+        for index in range(count):
+            labels = COMBINATIONS[index % len(COMBINATIONS)].split()
+            pixels = rng.normal(40, 20, (32, 40, 3))
+            for label in labels:
+                pixels[..., LABELS.index(label)] += 160
+            name = f"{split}/{index}.jpg"
+            (root / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name, quality=90)
+            rows.append((name, " ".join(labels)))
+        with open(root / f"{split}.csv", "w", newline="") as file:
+            csv.writer(file).writerows([("image", "labels"), *rows])
+    return root
+
+
+@pytest.mark.slow
+def test_multi_label_manifest_trains_with_map_per_epoch_and_selects_on_map(tmp_path):
+    data = make_multi_label_manifests(tmp_path / "colours")
+    result = run_script("finetune.py", *TRAINING, "--data-dir", data, "--output-dir", tmp_path / "run")
+    assert "task: multi-label" in result.stdout + result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    for row in metrics["history"]:
+        for key in ("eval_map", "eval_micro_f1", "eval_macro_f1", "eval_hamming_loss"):
+            assert 0 <= row[key] <= 1, (key, row[key])
+        assert set(row["eval_per_label"]) == set(LABELS)
+        assert row["eval_count"] == 8
+    selected = metrics["selected"]["selected"]
+    assert selected["metric"] == "map"
+    best = max(metrics["history"], key=lambda row: row["eval_map"])  # ties keep the earlier epoch
+    assert selected["epoch"] == best["epoch"]
+    run_config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert run_config["task"] == "multi_label" and run_config["config"]["select_metric"] == "map"
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_single_label_run_keeps_eval_loss_as_the_default_select_metric():
+    from hf_finetune.config import FinetuneConfig
+    from hf_finetune.tasks import create_task
+    from hf_finetune.train.parts import resolve_select_metric
+
+    config = FinetuneConfig()
+    assert config.select_metric is None
+    resolve_select_metric(config, create_task("single_label", ["a", "b"]))
+    assert config.select_metric == "eval_loss"
+    config = FinetuneConfig()
+    resolve_select_metric(config, create_task("multi-label", ["a", "b"]))
+    assert config.select_metric == "map"
