@@ -226,6 +226,9 @@ class FinetuneConfig:
     class_weights: Optional[Literal["balanced"]] = _doc(
         "'balanced': weight each class's loss by train_size / (classes x class count) (sklearn's 'balanced'), "
         "for imbalanced folders; the weights are printed.", default=None)
+    threshold: Optional[float] = _doc(
+        "Multi-label: one decision threshold for every label (e.g. 0.5). Default: each label's threshold is tuned "
+        "to its best F1 on the eval split, for the saved weights; saved in config.json either way.", default=None)
 
     # training
     epochs: Optional[int] = _doc("Number of passes over the training split." + RECIPE_NOTE, default=None)
@@ -353,6 +356,8 @@ class FinetuneConfig:
         if self.select_metric is not None and self.select_metric not in known:
             raise UserError(f"--select-metric {self.select_metric}: unknown; use one of {', '.join(SELECT_METRICS)} "
                             f"(single-label) or {', '.join(MULTI_LABEL_SELECT_METRICS)} (multi-label)")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise UserError(f"--threshold must be between 0 and 1 (a sigmoid score), got {self.threshold}")
         if self.patience is not None and self.patience < 1:
             raise UserError(f"--patience must be at least 1 epoch, got {self.patience}")
         if self.min_delta < 0 or not 0 < self.ema_decay < 1:

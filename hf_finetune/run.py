@@ -221,7 +221,7 @@ def selection_lines(metrics: dict, task: Task) -> list[str]:
 
 def save_results(parts: TrainingParts, metrics: dict) -> None:
     output_dir = Path(parts.config.output_dir)
-    save_classifier(unwrap(parts.model), output_dir)
+    save_classifier(unwrap(parts.model), output_dir, parts.task.saved_config())
     write_json(output_dir / "metrics.json", metrics)
     plot_training_curves(metrics["history"], output_dir / "training_curves.png")
     # The held-out test split when there is one: the eval split also chose the epoch.

@@ -64,6 +64,13 @@ class Task(Protocol):
                            k: int) -> list[tuple[int, int, float]]:
         """The (at most) k most confident wrong decisions: (sample index, predicted label, its score)."""
 
+    def fit_decisions(self, metrics: Metrics, fixed_threshold: Optional[float] = None) -> bool:
+        """Fit the decisions to the scores `metrics` gathered (the selection split's); True when they changed,
+        and `metrics` then decides with them."""
+
+    def saved_config(self) -> dict:
+        """What config.json keeps beside timm's entries for this task (the decisions, how to score)."""
+
     def create_metrics(self) -> Metrics:
         """An empty accumulator of this task's metrics."""
 

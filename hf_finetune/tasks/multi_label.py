@@ -85,7 +85,8 @@ class MultiLabel:
         pos_weight = None
         if config.class_weights == "balanced":
             pos_weight = balanced_pos_weight(torch.stack([multi_hot(row, len(label_names)) for row in train_labels]))
-        return cls(label_names, label_smoothing=config.label_smoothing, pos_weight=pos_weight)
+        thresholds = None if config.threshold is None else [config.threshold] * len(label_names)
+        return cls(label_names, thresholds, label_smoothing=config.label_smoothing, pos_weight=pos_weight)
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +133,21 @@ class MultiLabel:
         wrong = (probabilities >= torch.tensor(self.thresholds)) & ~labels
         found = [(int(image), int(label), float(probabilities[image, label])) for image, label in wrong.nonzero()]
         return sorted(found, key=lambda mistake: (-mistake[2], mistake[0], mistake[1]))[:k]
+
+    def fit_decisions(self, metrics: MultiLabelMetrics, fixed_threshold: Optional[float] = None) -> bool:
+        """The thresholds: `fixed_threshold` (--threshold) for every label, or tuned on the scores `metrics`
+        gathered (the selection split's, for the saved weights); `metrics` then decides with them too."""
+        if fixed_threshold is not None:
+            self.thresholds = [fixed_threshold] * len(self.label_names)
+        else:
+            self.tune_thresholds(*metrics.scores_and_targets())
+        metrics.thresholds = list(self.thresholds)
+        return True
+
+    def saved_config(self) -> dict:
+        """config.json's entries: transformers' image-classification pipeline applies a sigmoid for this
+        problem_type (and timm ignores it); `thresholds`, one per label, for load_classifier and predict."""
+        return {"problem_type": "multi_label_classification", "thresholds": list(self.thresholds)}
 
     def tune_thresholds(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
         """Each label's threshold: the best F1 on these scores [samples, labels] (the selection split's)."""

@@ -49,6 +49,14 @@ class SingleLabel:
             return cls(label_names)
         return cls(label_names, create_objective(config, train_labels, len(label_names)))
 
+    def fit_decisions(self, metrics: ClassificationMetrics, fixed_threshold: Optional[float] = None) -> bool:
+        """Argmax needs no fitting."""
+        return False
+
+    def saved_config(self) -> dict:
+        """config.json has no single-label entries: softmax is transformers' and timm's default."""
+        return {}
+
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """Class indices, or soft targets of the mixed images with Mixup/CutMix (`TrainingObjective.mix`)."""

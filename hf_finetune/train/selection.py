@@ -131,9 +131,15 @@ def load_selected(parts: TrainingParts, progress: TrainingProgress) -> dict:
 
 
 def final_evaluation(parts: TrainingParts, progress: TrainingProgress) -> dict:
-    """The selected weights on the eval split (and the test split, if any), plain and with --tta flip."""
+    """The selected weights on the eval split (and the test split, if any), plain and with --tta flip. The task
+    fits its decisions to the eval split first (multi-label: the per-label thresholds), so every split and the
+    saved model use them."""
     selected = load_selected(parts, progress)
-    report = {"selected": selected, "eval": evaluate(parts)}
+    accumulator = parts.task.create_metrics()
+    evaluation = evaluate(parts, metrics=accumulator)
+    if parts.task.fit_decisions(accumulator, parts.config.threshold):  # the same on every process: gathered
+        evaluation = {**accumulator.compute(), "seconds": evaluation["seconds"]}
+    report = {"selected": selected, "eval": evaluation}
     test_loader: Optional[object] = getattr(parts, "test_loader", None)
     if test_loader is not None:
         report["test"] = evaluate(parts, loader=test_loader)

@@ -57,7 +57,44 @@ def test_multi_label_manifest_trains_with_map_per_epoch_and_selects_on_map(tmp_p
     assert selected["epoch"] == best["epoch"]
     run_config = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert run_config["task"] == "multi_label" and run_config["config"]["select_metric"] == "map"
-    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "per_label_ap.png").is_file()
+    _check_saved_thresholds_and_sigmoid_pipeline(tmp_path / "run", metrics, data / "val" / "0.jpg")
+
+
+def _check_saved_thresholds_and_sigmoid_pipeline(run: Path, metrics: dict, image: Path) -> None:
+    """config.json keeps the thresholds tuned on the eval split for the saved weights, and tells transformers'
+    pipeline to score with a sigmoid: its scores are the model's logits through a sigmoid, not a softmax."""
+    import torch
+    import transformers
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert config["thresholds"] == metrics["selected"]["eval"]["thresholds"]
+    assert [row["threshold"] for row in metrics["selected"]["eval"]["per_label"].values()] == config["thresholds"]
+    classify = transformers.pipeline("image-classification", model=str(run), top_k=None)
+    scores = {row["label"]: row["score"] for row in classify(str(image))}
+    processor = transformers.AutoImageProcessor.from_pretrained(run)
+    model = transformers.AutoModelForImageClassification.from_pretrained(run).eval()
+    from PIL import Image
+
+    with torch.no_grad():
+        logits = model(**processor(Image.open(image).convert("RGB"), return_tensors="pt")).logits
+    expected = logits.sigmoid()[0].tolist()
+    assert sorted(scores) == sorted(LABELS)
+    for name, value in zip(config["label_names"], expected):
+        assert abs(scores[name] - value) < 1e-3, (name, scores[name], value)
+    assert abs(sum(scores.values()) - 1) > 1e-3  # not a softmax
+
+
+@pytest.mark.slow
+def test_threshold_flag_fixes_every_label_threshold(tmp_path):
+    data = make_multi_label_manifests(tmp_path / "colours")
+    run_script("finetune.py", *TRAINING, "--epochs", "1", "--threshold", "0.4", "--data-dir", data,
+               "--output-dir", tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["thresholds"] == [0.4, 0.4, 0.4]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["selected"]["eval"]["thresholds"] == [0.4, 0.4, 0.4]
 
 
 def test_single_label_run_keeps_eval_loss_as_the_default_select_metric():
