@@ -27,9 +27,19 @@ def create_task(name: str, label_names: Sequence[str], config=None, train_labels
     return tasks[name].create(label_names, config, train_labels)
 
 
+def task_of_saved_model(config: dict, label_names: Sequence[str]) -> Task:
+    """The task a saved model's config.json records (`Task.saved_config`), with its decisions; a model without
+    a problem_type is single-label."""
+    from hf_finetune.tasks.multi_label import MultiLabel
+
+    if config.get("problem_type") == "multi_label_classification":
+        return MultiLabel(label_names, config.get("thresholds"))
+    return create_task(SINGLE_LABEL, label_names)
+
+
 def task_of_run(run: dict) -> Task:
     """The task of a run's run_config.json (runs recorded before tasks were single-label)."""
     return create_task(run.get("task", SINGLE_LABEL), run["label_names"])
 
 
-__all__ = ["MULTI_LABEL", "SINGLE_LABEL", "Task", "create_task", "task_of_run"]
+__all__ = ["MULTI_LABEL", "SINGLE_LABEL", "Task", "create_task", "task_of_run", "task_of_saved_model"]

@@ -84,6 +84,12 @@ def _check_saved_thresholds_and_sigmoid_pipeline(run: Path, metrics: dict, image
     for name, value in zip(config["label_names"], expected):
         assert abs(scores[name] - value) < 1e-3, (name, scores[name], value)
     assert abs(sum(scores.values()) - 1) > 1e-3  # not a softmax
+    from hf_finetune.serve.predict import load_classifier, predict
+
+    classifier = load_classifier(run)
+    assert classifier.task.name == "multi_label" and classifier.task.thresholds == config["thresholds"]
+    top = predict(classifier, [image], top_k=3)[0]
+    assert abs(sum(score for _, score in top) - 1) > 1e-3 and all(0 < score < 1 for _, score in top)
 
 
 @pytest.mark.slow
