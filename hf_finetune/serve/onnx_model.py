@@ -8,16 +8,16 @@ spelled out in `PREPROCESSING` (what `preprocess.EvalPreprocess` does, exactly a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.images import ImageSettings
 from hf_finetune.serve.preprocess import EvalPreprocess
-from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
+from hf_finetune.tasks import Task, task_of_saved_model
 
 ONNX_FILE, PREPROCESSOR_FILE = "model.onnx", "preprocessor.json"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
@@ -32,7 +32,8 @@ PREPROCESSING = [
     "resize the shorter side to floor(input_size / crop_pct) ('squash': both sides), antialiased, then center crop "
     "to input_size (H, W): timm's eval transform, on uint8",
     "float32 = (uint8 / 255 - mean) / std per channel, NCHW, batch of any size, fed as `input_name`",
-    "`output_name` is the logits per label_names; softmax gives the probabilities",
+    "`output_name` is the logits per label_names; softmax gives the probabilities, or, with problem_type "
+    "multi_label_classification, a sigmoid per label, present at or above its entry of `thresholds`",
 ]
 
 
@@ -48,8 +49,9 @@ def require(*modules: str) -> None:
                             f"`{EXTRA_HINT}`") from None
 
 
-def preprocessor_config(model: torch.nn.Module, label_names: list[str]) -> dict:
-    """What preprocessor.json holds for `model` (its resolved timm data config) and its labels."""
+def preprocessor_config(model: torch.nn.Module, label_names: list[str], task_config: Optional[dict] = None) -> dict:
+    """What preprocessor.json holds for `model` (its resolved timm data config), its labels and its task's
+    config.json entries (`Task.saved_config`: a multi-label model's problem_type and thresholds)."""
     from timm.data import resolve_model_data_config
 
     config = resolve_model_data_config(model)
@@ -60,6 +62,7 @@ def preprocessor_config(model: torch.nn.Module, label_names: list[str]) -> dict:
         "crop_mode": settings.crop_mode,
         "resize_shorter_side": settings.short_side,
         "label_names": list(label_names),
+        **(task_config or {}),
         "preprocessing": PREPROCESSING,
     }
 
@@ -74,10 +77,11 @@ class OnnxClassifier:
     transform: EvalPreprocess
     label_names: list[str]
     input_name: str = INPUT_NAME
+    task_config: dict = field(default_factory=dict)  # preprocessor.json's problem_type and thresholds, if any
 
     @property
     def task(self) -> Task:
-        return create_task(SINGLE_LABEL, self.label_names)  # an export records no task yet: all are single-label
+        return task_of_saved_model(self.task_config, self.label_names)
 
     def logits(self, crops: torch.Tensor) -> torch.Tensor:
         """Logits of a batch of uint8 eval crops (NCHW), computed by onnxruntime."""
@@ -103,7 +107,8 @@ def load_onnx_classifier(name_or_path: Union[str, Path]) -> OnnxClassifier:
         session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=providers)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
         raise UserError(f"onnxruntime cannot load {folder / ONNX_FILE}: {first_line(error)}") from None
-    return OnnxClassifier(session, EvalPreprocess(settings), list(config["label_names"]), config["input_name"])
+    return OnnxClassifier(session, EvalPreprocess(settings), list(config["label_names"]), config["input_name"],
+                          {key: config[key] for key in ("problem_type", "thresholds") if key in config})
 
 
 def _local_files(name_or_path: Union[str, Path]) -> Path:

@@ -57,6 +57,10 @@ class Task(Protocol):
     def top_labels(self, logits: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
         """Per image, what prediction reports: (label, score) pairs, most likely first."""
 
+    def decided_labels(self, logits: torch.Tensor) -> Optional[list[list[tuple[str, float]]]]:
+        """Per image, the labels decided present with their scores, when the task decides more than the top-k
+        shows (multi-label: those above their thresholds); None otherwise."""
+
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         """One image's logits from those of the image and of its mirror."""
 

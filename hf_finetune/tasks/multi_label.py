@@ -123,6 +123,12 @@ class MultiLabel:
         return [[(self.label_names[index], float(value)) for value, index in zip(row_values, row_indices)]
                 for row_values, row_indices in zip(values.tolist(), indices.tolist())]
 
+    def decided_labels(self, logits: torch.Tensor) -> list[list[tuple[str, float]]]:
+        """Per image, the (label, score) pairs at or above their thresholds, highest score first."""
+        scores, decisions = self.probabilities(logits), self.decisions(logits)
+        return [sorted(((self.label_names[label], float(row_scores[label])) for label in row.nonzero().reshape(-1)),
+                       key=lambda pair: -pair[1]) for row_scores, row in zip(scores, decisions)]
+
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         return mean_logits(logits, mirrored_logits)
 

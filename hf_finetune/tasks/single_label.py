@@ -82,6 +82,10 @@ class SingleLabel:
         return [[(self.label_names[index], float(value)) for value, index in zip(row_values, row_indices)]
                 for row_values, row_indices in zip(values.tolist(), indices.tolist())]
 
+    def decided_labels(self, logits: torch.Tensor) -> None:
+        """Prediction reports the top-k: argmax is its first."""
+        return None
+
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         return mean_logits(logits, mirrored_logits)
 

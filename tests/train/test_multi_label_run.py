@@ -39,12 +39,20 @@ def make_multi_label_manifests(root: Path, per_split=(16, 8)) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(run folder, data folder, the run's output) of one 2-epoch multi-label run, shared by this module."""
+    root = tmp_path_factory.mktemp("multi-label")
+    data = make_multi_label_manifests(root / "colours")
+    result = run_script("finetune.py", *TRAINING, "--data-dir", data, "--output-dir", root / "run")
+    return root / "run", data, result.stdout + result.stderr
+
+
 @pytest.mark.slow
-def test_multi_label_manifest_trains_with_map_per_epoch_and_selects_on_map(tmp_path):
-    data = make_multi_label_manifests(tmp_path / "colours")
-    result = run_script("finetune.py", *TRAINING, "--data-dir", data, "--output-dir", tmp_path / "run")
-    assert "task: multi-label" in result.stdout + result.stderr
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+def test_multi_label_manifest_trains_with_map_per_epoch_and_selects_on_map(trained):
+    run, data, output = trained
+    assert "task: multi-label" in output
+    metrics = json.loads((run / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
     for row in metrics["history"]:
         for key in ("eval_map", "eval_micro_f1", "eval_macro_f1", "eval_hamming_loss"):
@@ -55,10 +63,10 @@ def test_multi_label_manifest_trains_with_map_per_epoch_and_selects_on_map(tmp_p
     assert selected["metric"] == "map"
     best = max(metrics["history"], key=lambda row: row["eval_map"])  # ties keep the earlier epoch
     assert selected["epoch"] == best["epoch"]
-    run_config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    run_config = json.loads((run / "run_config.json").read_text())
     assert run_config["task"] == "multi_label" and run_config["config"]["select_metric"] == "map"
-    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "per_label_ap.png").is_file()
-    _check_saved_thresholds_and_sigmoid_pipeline(tmp_path / "run", metrics, data / "val" / "0.jpg")
+    assert (run / "model.safetensors").is_file() and (run / "per_label_ap.png").is_file()
+    _check_saved_thresholds_and_sigmoid_pipeline(run, metrics, data / "val" / "0.jpg")
 
 
 def _check_saved_thresholds_and_sigmoid_pipeline(run: Path, metrics: dict, image: Path) -> None:
@@ -115,3 +123,44 @@ def test_single_label_run_keeps_eval_loss_as_the_default_select_metric():
     config = FinetuneConfig()
     resolve_select_metric(config, create_task("multi-label", ["a", "b"]))
     assert config.select_metric == "map"
+
+
+@pytest.mark.slow
+def test_predict_writes_labels_above_thresholds_and_onnx_agrees(trained, tmp_path):
+    """predict.py's CSV and JSONL hold each image's labels at or above their thresholds (the top-k scores
+    beside); the ONNX export, run with --onnx, gives the same scores and the same decisions."""
+    import shutil
+
+    import torch
+
+    from hf_finetune.serve.predict import load_classifier
+
+    run, data, _ = trained
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    images = sorted(str(path) for path in (data / "val").glob("*.jpg"))
+    classifier = load_classifier(run)
+    logits = torch.cat([classifier.model(classifier.transform(image).unsqueeze(0)) for image in images]).detach()
+    scores = logits.sigmoid()
+    thresholds = torch.tensor(classifier.task.thresholds)
+    expected = [sorted((classifier.label_names[label] for label in torch.nonzero(row >= thresholds).reshape(-1)))
+                for row in scores]
+    run_script("predict.py", run, *images, "--top-k", "2", "--output", tmp_path / "out.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [sorted(row["predicted"]) for row in rows] == expected
+    for row, image_scores in zip(rows, scores):
+        assert len(row["labels"]) == 2 and all(score >= 0 for score in row["predicted_scores"])
+        for label, score in zip(row["labels"], row["probabilities"]):
+            assert abs(score - float(image_scores[classifier.label_names.index(label)])) < 1e-4
+    run_script("predict.py", run, *images, "--output", tmp_path / "out.csv")
+    with open(tmp_path / "out.csv") as file:
+        table = list(csv.DictReader(file))
+    assert [sorted(row["predicted"].split()) for row in table] == expected
+    run_script("export.py", run, "--format", "onnx", "--check-images", *images[:2])
+    config = json.loads((run / "preprocessor.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and config["thresholds"] == classifier.task.thresholds
+    run_script("predict.py", run, *images, "--onnx", "--top-k", "3", "--output", tmp_path / "onnx.jsonl")
+    onnx_rows = [json.loads(line) for line in (tmp_path / "onnx.jsonl").read_text().splitlines()]
+    assert [sorted(row["predicted"]) for row in onnx_rows] == expected
+    for row, image_scores in zip(onnx_rows, scores):
+        for label, score in zip(row["labels"], row["probabilities"]):
+            assert abs(score - float(image_scores[classifier.label_names.index(label)])) < 1e-4
