@@ -71,7 +71,8 @@ def saved_config(name: str, cache_dir: Optional[Path] = None) -> dict:
     else:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(name[len("hf-hub:"):], "config.json", cache_dir=cache_dir))
+        repo_id, _, revision = name[len("hf-hub:"):].partition("@")  # timm's `hf-hub:user/model@revision`
+        path = Path(hf_hub_download(repo_id, "config.json", revision=revision or None, cache_dir=cache_dir))
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
