@@ -56,7 +56,8 @@ def results_context(run: dict, metrics: dict) -> dict:
             rows.append([title] + values)
     per_class_split = "test" if "test" in report else "eval"
     return {"selection": {
-        "sentence": _sentence(selected, names, config, metrics, "test" in report),
+        "sentence": _sentence(selected, names, config, metrics, "test" in report)
+        + task.decision_sentence(config.get("threshold"), names["eval"]),
         "columns": [name for _, name in columns], "rows": rows, "per_class_split": names[per_class_split],
         "label_word": task.per_label_key.removeprefix("per_"),  # class / label
         "per_class_header": [title for _, title in task.card_per_label],

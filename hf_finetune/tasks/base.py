@@ -72,6 +72,9 @@ class Task(Protocol):
         """Fit the decisions to the scores `metrics` gathered (the selection split's); True when they changed,
         and `metrics` then decides with them."""
 
+    def decision_sentence(self, fixed_threshold: Optional[float], split: str) -> str:
+        """The card's sentence on how decisions are made (empty when there is nothing to say)."""
+
     def saved_config(self) -> dict:
         """What config.json keeps beside timm's entries for this task (the decisions, how to score)."""
 

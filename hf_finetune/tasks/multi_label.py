@@ -150,6 +150,13 @@ class MultiLabel:
         metrics.thresholds = list(self.thresholds)
         return True
 
+    def decision_sentence(self, fixed_threshold: Optional[float], split: str) -> str:
+        """The card's word on how the thresholds were chosen."""
+        if fixed_threshold is not None:
+            return f" A label is predicted when its sigmoid score is at least {fixed_threshold:g} (`--threshold`)."
+        return (f" A label is predicted when its sigmoid score reaches its threshold, tuned per label to its best F1 on"
+                f" the `{split}` split for these weights (table below; saved as `thresholds` in config.json).")
+
     def saved_config(self) -> dict:
         """config.json's entries: transformers' image-classification pipeline applies a sigmoid for this
         problem_type (and timm ignores it); `thresholds`, one per label, for load_classifier and predict."""

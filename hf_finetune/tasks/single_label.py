@@ -53,6 +53,10 @@ class SingleLabel:
         """Argmax needs no fitting."""
         return False
 
+    def decision_sentence(self, fixed_threshold: Optional[float], split: str) -> str:
+        """The card's word on decisions: argmax needs none."""
+        return ""
+
     def saved_config(self) -> dict:
         """config.json has no single-label entries: softmax is transformers' and timm's default."""
         return {}

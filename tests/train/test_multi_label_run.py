@@ -67,6 +67,25 @@ def test_multi_label_manifest_trains_with_map_per_epoch_and_selects_on_map(train
     assert run_config["task"] == "multi_label" and run_config["config"]["select_metric"] == "map"
     assert (run / "model.safetensors").is_file() and (run / "per_label_ap.png").is_file()
     _check_saved_thresholds_and_sigmoid_pipeline(run, metrics, data / "val" / "0.jpg")
+    _check_card(run, metrics)
+
+
+def _check_card(run: Path, metrics: dict) -> None:
+    """The card's model-index reports mAP, micro-F1 and macro-F1 of the eval split; its per-label table has AP,
+    F1, threshold and support; it says how the thresholds were chosen."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run / "README.md")
+    reported = {(result.metric_name, result.dataset_split): result.metric_value
+                for result in card.data.eval_results}
+    evaluation = metrics["selected"]["eval"]
+    assert reported == {("mAP", "val"): evaluation["map"], ("Micro F1", "val"): evaluation["micro_f1"],
+                        ("Macro F1", "val"): evaluation["macro_f1"]}
+    assert "| label | AP | precision | recall | F1 | threshold | support |" in card.text
+    for name, scores in evaluation["per_label"].items():
+        assert f"| {name} | {scores['ap']:.4f} |" in card.text
+        assert f"| {scores['threshold']:.4f} | {scores['support']} |" in card.text
+    assert "tuned per label to its best F1 on the `val` split" in card.text
 
 
 def _check_saved_thresholds_and_sigmoid_pipeline(run: Path, metrics: dict, image: Path) -> None:
