@@ -21,6 +21,9 @@ EVAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
 # --select-metric name -> (key of metrics.ClassificationMetrics.compute(), True when higher is better)
 SELECT_METRICS = {"eval_loss": ("loss", False), "accuracy": ("accuracy", True), "macro_f1": ("macro_f1", True),
                   "balanced_accuracy": ("balanced_accuracy", True), "top5": ("top5", True)}
+# the same for multi-label data (tasks.multi_label.MultiLabel)
+MULTI_LABEL_SELECT_METRICS = {"eval_loss": ("loss", False), "map": ("map", True), "micro_f1": ("micro_f1", True),
+                              "macro_f1": ("macro_f1", True), "exact_match": ("exact_match", True)}
 
 
 from hf_finetune.recipes import DEFAULT_RECIPE, RECIPES, backbone_lr, fill_from_recipe, get_recipe  # noqa: F401
@@ -225,6 +228,9 @@ class FinetuneConfig:
     class_weights: Optional[Literal["balanced"]] = _doc(
         "'balanced': weight each class's loss by train_size / (classes x class count) (sklearn's 'balanced'), "
         "for imbalanced folders; the weights are printed.", default=None)
+    threshold: Optional[float] = _doc(
+        "Multi-label: one decision threshold for every label (e.g. 0.5). Default: each label's threshold is tuned "
+        "to its best F1 on the eval split, for the saved weights; saved in config.json either way.", default=None)
 
     # training
     epochs: Optional[int] = _doc("Number of passes over the training split." + RECIPE_NOTE, default=None)
@@ -268,11 +274,12 @@ class FinetuneConfig:
     compile: bool = _doc("torch.compile the model with inductor (about a minute of compiling in the first steps; "
                          "within noise of eager on a 2-core CPU, see BENCHMARKS.md).", default=False)
     # model selection and evaluation
-    select_metric: str = _doc(
-        "Which epoch's weights are saved, carded and pushed: the best by this eval metric, one of "
-        f"{', '.join(SELECT_METRICS)}. Default eval_loss: it is continuous, while on small eval sets "
-        "accuracy moves in steps of 1/N and ties, so it would pick on noise (ties keep the earlier epoch).",
-        default="eval_loss",
+    select_metric: Optional[str] = _doc(
+        "Which epoch's weights are saved, carded and pushed: the best by this eval metric; single-label: "
+        f"{', '.join(SELECT_METRICS)}; multi-label: {', '.join(MULTI_LABEL_SELECT_METRICS)}. Default: eval_loss "
+        "for single-label (continuous, while on small eval sets accuracy moves in steps of 1/N and ties, so it "
+        "would pick on noise; ties keep the earlier epoch), map for multi-label (threshold-free).",
+        default=None,
     )
     save_last: bool = _doc("Save, card and push the last epoch's weights instead of the best epoch's.",
                            default=False)
@@ -357,8 +364,12 @@ class FinetuneConfig:
             raise UserError(f"--freeze-epochs must be between 0 and --epochs ({self.epochs})")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
-        if self.select_metric not in SELECT_METRICS:
-            raise UserError(f"--select-metric {self.select_metric}: unknown; use one of {', '.join(SELECT_METRICS)}")
+        known = {**SELECT_METRICS, **MULTI_LABEL_SELECT_METRICS}
+        if self.select_metric is not None and self.select_metric not in known:
+            raise UserError(f"--select-metric {self.select_metric}: unknown; use one of {', '.join(SELECT_METRICS)} "
+                            f"(single-label) or {', '.join(MULTI_LABEL_SELECT_METRICS)} (multi-label)")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise UserError(f"--threshold must be between 0 and 1 (a sigmoid score), got {self.threshold}")
         if self.patience is not None and self.patience < 1:
             raise UserError(f"--patience must be at least 1 epoch, got {self.patience}")
         if self.min_delta < 0 or not 0 < self.ema_decay < 1:
@@ -443,6 +454,7 @@ class RunFacts:
     layer_groups: bool  # timm's group_matcher splits the model into layers (layer-wise LR decay needs it)
     precision: Precision  # hardware.machine_precision's choice for --mixed-precision
     default_num_workers: int  # DataLoader workers per process when --num-workers is not given
+    default_select_metric: str  # the task's, when --select-metric is not given (tasks: Task.default_select_metric)
 
 
 def resolve_config(config: FinetuneConfig, facts: RunFacts) -> FinetuneConfig:
@@ -456,6 +468,8 @@ def resolve_config(config: FinetuneConfig, facts: RunFacts) -> FinetuneConfig:
         resolved, facts.train_size, facts.num_processes, facts.pretrained, facts.layer_groups)
     if resolved.num_workers is None:
         resolved.num_workers = facts.default_num_workers
+    if resolved.select_metric is None:
+        resolved.select_metric = facts.default_select_metric
     resolved.precision = facts.precision
     return resolved.validate()
 

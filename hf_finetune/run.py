@@ -17,7 +17,7 @@ from hf_finetune.publish.card import write_model_card
 from hf_finetune.train.checkpoints import TrainingProgress, save_checkpoint
 from hf_finetune.config import FinetuneConfig
 from hf_finetune.train.engine import EpochStats, ResumePoint, train_one_epoch
-from hf_finetune.errors import TrainingStopped, UserError
+from hf_finetune.errors import TrainingStopped
 from hf_finetune.files import write_json
 from hf_finetune.model.freezing import frozen_batchnorms, set_requires_grad
 from hf_finetune.train.guard import PREEMPTED, StopGuard, leave_together, main_process_checks
@@ -27,7 +27,7 @@ from hf_finetune.tasks.calibration import calibration_lines
 from hf_finetune.model.create import save_classifier, unwrap
 from hf_finetune.model.optim import describe_learning_rates, describe_param_groups
 from hf_finetune.train.parts import TrainingParts, create_training_parts
-from hf_finetune.evaluate.plots import plot_confusion_matrix, plot_reliability_diagram
+from hf_finetune.evaluate.plots import plot_confusion_matrix, plot_per_label_ap, plot_reliability_diagram
 from hf_finetune.recipes import describe_recipe
 from hf_finetune.tasks import Task
 from hf_finetune.evaluate.report import library_versions, plot_training_curves, summary_lines
@@ -52,10 +52,6 @@ def finetune(config: FinetuneConfig, on_epoch_end: Sequence[Callable[[int, dict]
         main_process_checks(PartialState(cpu=cpu_only_launch()), partial(check_push_possible, config.push_to_hub))
     parts = create_training_parts(config)
     config = parts.config  # from here on, the resolved record: every derived value filled once
-    if parts.data.task == "multi-label":  # until the task object lands (issue 21): the integrator replaces this
-        raise UserError(f"multi-label training lands with the task object; this data is multi-label "
-                        f"({parts.data.task_reason}): until then, train on one label per image")
-    parts.task.check_select_metric(config.select_metric)
     progress, resume_point = resume_training(parts)
     if not progress.already_finished:
         record_start(parts)
@@ -136,7 +132,7 @@ def run_epoch(parts: TrainingParts, progress: TrainingProgress, epoch: int, guar
         stop_for_sigterm(parts, progress)
     evaluation = evaluate_candidates(parts)
     improved = select_epoch(parts, progress, epoch, evaluation)
-    row = epoch_row(epoch, train, evaluation, parts.optimizer)
+    row = epoch_row(epoch, train, evaluation, parts.optimizer, parts.task)
     progress.epoch, progress.step, progress.history = epoch, 0, progress.history + [row]
     accelerator.log({key: value for key, value in row.items() if isinstance(value, (int, float))}, step=epoch)
     accelerator.print(epoch_line(row, evaluation, progress, improved, parts.task))
@@ -151,15 +147,15 @@ def run_epoch(parts: TrainingParts, progress: TrainingProgress, epoch: int, guar
         stop_for_sigterm(parts, progress)
 
 
-def epoch_row(epoch: int, train: EpochStats, evaluation: dict[str, dict], optimizer) -> dict:
+def epoch_row(epoch: int, train: EpochStats, evaluation: dict[str, dict], optimizer, task: Task) -> dict:
     """One epoch's line of metrics.json: the trained weights' eval_* (and the EMA's ema_eval_*) columns."""
     row = {"epoch": epoch, "train_loss": train.loss, "train_acc": train.accuracy,
-           **eval_columns(evaluation["trained"]), "train_count": train.count,
+           **eval_columns(evaluation["trained"], task), "train_count": train.count,
            "examples_per_sec": train.examples_per_sec,
            "epoch_seconds": train.seconds + sum(result["seconds"] for result in evaluation.values()),
            "lr": {group["name"]: group["lr"] for group in optimizer.param_groups}}
     if "ema" in evaluation:
-        row.update(eval_columns(evaluation["ema"], "ema_eval"))
+        row.update(eval_columns(evaluation["ema"], task, "ema_eval"))
     return row
 
 
@@ -197,7 +193,7 @@ def finish(parts: TrainingParts, progress: TrainingProgress) -> dict:
             metrics = [json.loads((output_dir / "metrics.json").read_text())]
         else:
             metrics = [final_metrics(progress.history, report, devices, accelerator.num_processes,
-                                     len(parts.data.bad_files))]
+                                     len(parts.data.bad_files), parts.task)]
             save_results(parts, metrics[0])
         for line in summary_lines(metrics[0]["final"], metrics[0]["devices"]) + selection_lines(metrics[0], parts.task):
             accelerator.print(line)
@@ -206,13 +202,14 @@ def finish(parts: TrainingParts, progress: TrainingProgress) -> dict:
     return metrics[0]
 
 
-def final_metrics(history: list[dict], report: dict, devices: list[str], num_processes: int, bad_files: int) -> dict:
+def final_metrics(history: list[dict], report: dict, devices: list[str], num_processes: int, bad_files: int,
+                  task: Task) -> dict:
     """metrics.json: the per-epoch history; "final", the selected epoch's row with the saved weights' eval numbers
     and the whole run's throughput and time; "selected", how it was selected and its full metrics per split
     (per class, confusion matrix; test and TTA when there are)."""
     train_seconds = sum(row["train_count"] / row["examples_per_sec"] for row in history)
     row = next(row for row in history if row["epoch"] == report["selected"]["epoch"])
-    final = {**row, **eval_columns(report["eval"]),
+    final = {**row, **eval_columns(report["eval"], task),
              "examples_per_sec": sum(row["train_count"] for row in history) / train_seconds,
              "total_seconds": sum(row["epoch_seconds"] for row in history),
              "selected_epoch": report["selected"]["epoch"], "selected_weights": report["selected"]["weights"]}
@@ -234,12 +231,15 @@ def selection_lines(metrics: dict, task: Task) -> list[str]:
 
 def save_results(parts: TrainingParts, metrics: dict) -> None:
     output_dir = Path(parts.config.output_dir)
-    save_classifier(unwrap(parts.model), output_dir)
+    save_classifier(unwrap(parts.model), output_dir, parts.task.saved_config())
     write_json(output_dir / "metrics.json", metrics)
     plot_training_curves(metrics["history"], output_dir / "training_curves.png")
     # The held-out test split when there is one: the eval split also chose the epoch.
     shown = metrics["selected"].get("test") or metrics["selected"]["eval"]
-    plot_confusion_matrix(shown["confusion_matrix"], shown["label_names"], output_dir / "confusion_matrix.png")
+    if "confusion_matrix" in shown:  # single-label
+        plot_confusion_matrix(shown["confusion_matrix"], shown["label_names"], output_dir / "confusion_matrix.png")
+    else:  # multi-label: no confusion between labels an image can have together
+        plot_per_label_ap(shown["per_label"], output_dir / "per_label_ap.png")
     if "calibration" in metrics["selected"]:  # the head already holds T: save_classifier saved calibrated weights
         plot_reliability_diagram(metrics["selected"]["calibration"], {"eval": parts.data.eval_split,
                                  "test": parts.data.test_split}, output_dir / "calibration.png")

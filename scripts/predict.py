@@ -79,7 +79,10 @@ def main() -> None:
         elif args.output:
             predictions.append(result)
         else:
-            print(result.path + "".join(f"\n  {probability:.4f}  {label}" for label, probability in result.top))
+            decided = ("" if result.decided is None
+                       else "\n  predicted: " + ", ".join(label for label, _ in result.decided))
+            print(result.path + "".join(f"\n  {probability:.4f}  {label}" for label, probability in result.top)
+                  + decided)
     if args.output:
         write_predictions(args.output, predictions, args.top_k)
         print(f"{len(predictions)} predictions written to {args.output}")

@@ -58,13 +58,16 @@ def make_image_folder(root: Path, classes=("cat", "dog"), per_class=(8, 4), size
 
 
 def resolved(config, train_size: int = 200, num_processes: int = 1, pretrained: bool = True,
-             layer_groups: bool = True):
-    """`config` resolved as a run on `train_size` images with this model would resolve it (fp32, no workers)."""
+             layer_groups: bool = True, task: str = "single_label"):
+    """`config` resolved as a run of `task` on `train_size` images with this model would resolve it (fp32, no
+    workers)."""
     from hf_finetune.config import RunFacts, resolve_config
     from hf_finetune.hardware import Precision
+    from hf_finetune.tasks import create_task
 
     return resolve_config(config, RunFacts(train_size, num_processes, pretrained, layer_groups,
-                                           Precision("no", "a test's"), default_num_workers=0))
+                                           Precision("no", "a test's"), default_num_workers=0,
+                                           default_select_metric=create_task(task, ["a"]).default_select_metric))
 
 
 @pytest.fixture

@@ -81,6 +81,7 @@ FINETUNE_ROWS = {
     "ema_warmup": [["--ema-warmup", BAD_BOOL]],
     "tta": [["--tta", "rotate"]],
     "calibrate": [["--calibrate", "platt"]],
+    "threshold": [["--threshold", "1.5"]],
     "push_to_hub": [["--push-to-hub", "not a repo!"]],
     "hub_public": [["--hub-public", BAD_BOOL]],
     "report_to": [["--report-to", "tensorbored"]],

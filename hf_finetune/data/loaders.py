@@ -100,8 +100,9 @@ class ImageSamples(Dataset):
     decoded image read from the memory-mapped cache, or with --no-cache the same decode and resize the cache
     stores, every epoch. Rows are read as Arrow, without datasets' per-row formatting (~10x cheaper)."""
 
-    def __init__(self, dataset, transform: Callable, settings: ImageSettings):
+    def __init__(self, dataset, transform: Callable, settings: ImageSettings, encode_label: Optional[Callable] = None):
         self.rows, self.transform, self.settings = dataset.with_format("arrow"), transform, settings
+        self.encode_label = encode_label  # the task's (a multi-label row's class indices -> multi-hot target)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -113,8 +114,9 @@ class ImageSamples(Dataset):
             pixels = np.frombuffer(row["pixels"], np.uint8).reshape(row["height"], row["width"], 3).copy()
         else:
             pixels = decode_for_model(row["image"], self.settings)
+        label = row["label"] if self.encode_label is None else self.encode_label(row["label"])
         with one_thread():
-            return {"pixel_values": self.transform(torch.from_numpy(pixels).permute(2, 0, 1)), "label": row["label"]}
+            return {"pixel_values": self.transform(torch.from_numpy(pixels).permute(2, 0, 1)), "label": label}
 
 
 def leave_sigterm_to_the_main_process(worker_id: int) -> None:
@@ -128,27 +130,30 @@ def leave_sigterm_to_the_main_process(worker_id: int) -> None:
 
 def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size: int, num_workers: Optional[int],
                        num_processes: int = 1, seed: int = 0,
-                       auto_augment: Optional[str] = None) -> tuple[DataLoader, DataLoader]:
+                       auto_augment: Optional[str] = None,
+                       encode_label: Optional[Callable] = None) -> tuple[DataLoader, DataLoader]:
     """Loaders of {"pixel_values": uint8 batch (create_normalize makes it the model's input), "label"} from
-    `data` as cache.prepare_images left it (decoded uint8 images, or with --no-cache the image files)."""
+    `data` as cache.prepare_images left it (decoded uint8 images, or with --no-cache the image files);
+    `encode_label`, the task's, turns each row's label into its target (see ImageSamples)."""
     settings = ImageSettings.from_model(model)
     train_transform, eval_transform = create_transforms(settings, auto_augment)
     workers = default_num_workers(num_processes) if num_workers is None else num_workers
     # torch's default collate: it stacks the uint8 crops straight into shared memory in a worker process.
     common = dict(batch_size=per_device_batch_size, num_workers=workers, persistent_workers=workers > 0,
                   pin_memory=torch.cuda.is_available(), worker_init_fn=leave_sigterm_to_the_main_process)
-    train = ImageSamples(data.train, train_transform, settings)
-    evaluation = ImageSamples(data.eval, eval_transform, settings)
+    train = ImageSamples(data.train, train_transform, settings, encode_label)
+    evaluation = ImageSamples(data.eval, eval_transform, settings, encode_label)
     # Order and augmentation depend on (seed, epoch, index) only: see sampling.py.
     train_loader = DataLoader(SeededAugmentation(train, seed), sampler=EpochShuffleSampler(len(train), seed), **common)
     return train_loader, DataLoader(evaluation, shuffle=False, **common)
 
 
 def create_eval_loader(dataset, model: nn.Module, per_device_batch_size: int, num_workers: Optional[int],
-                       num_processes: int = 1) -> DataLoader:
+                       num_processes: int = 1, encode_label: Optional[Callable] = None) -> DataLoader:
     """A loader of another evaluated split (the test split), exactly as the eval split's."""
     settings = ImageSettings.from_model(model)
     workers = default_num_workers(num_processes) if num_workers is None else num_workers
-    return DataLoader(ImageSamples(dataset, create_transforms(settings)[1], settings), batch_size=per_device_batch_size,
+    samples = ImageSamples(dataset, create_transforms(settings)[1], settings, encode_label)
+    return DataLoader(samples, batch_size=per_device_batch_size,
                       shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available(),
                       worker_init_fn=leave_sigterm_to_the_main_process)

@@ -158,3 +158,28 @@ def plot_reliability_diagram(calibration: dict, split_names: dict[str, str], pat
 
 def _calibration_label(numbers: dict, when: str) -> str:
     return f"{when}: ECE {numbers[when]['ece']:.3f}, NLL {numbers[when]['nll']:.3f}"
+
+
+def plot_per_label_ap(per_label: dict[str, dict], path: Path, max_labels: int = MAX_CLASSES) -> list[str]:
+    """A multi-label evaluation's view: each label's average precision as a horizontal bar, with its support,
+    worst first (at most `max_labels` of them); return the labels drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = sorted(per_label, key=lambda name: (per_label[name]["ap"] is None, per_label[name]["ap"] or 0.0))
+    shown = ranked[:max_labels]
+    figure, axis = plt.subplots(figsize=(6, 1 + 0.3 * len(shown)))
+    values = [per_label[name]["ap"] or 0.0 for name in shown]
+    axis.barh(range(len(shown)), values, color="tab:blue")
+    axis.set_yticks(range(len(shown)), [f"{_short(name)} ({per_label[name]['support']})" for name in shown],
+                    fontsize=8)
+    axis.invert_yaxis()  # worst on top
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("average precision")
+    hidden = f", {len(ranked) - len(shown)} better ones not shown" if len(ranked) > len(shown) else ""
+    axis.set_title(f"per-label AP, worst first (support in brackets{hidden})", fontsize=10)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return shown

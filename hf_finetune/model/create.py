@@ -178,9 +178,10 @@ def unwrap(model: nn.Module) -> nn.Module:
     return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
-def save_classifier(model: nn.Module, output_dir: Path) -> None:
+def save_classifier(model: nn.Module, output_dir: Path, task_config: Optional[dict] = None) -> None:
     """Write model.safetensors + config.json that timm (`local-dir:`/`hf-hub:`) and transformers both load, with
-    timm's public `save_for_hf` into a staging folder, then each file renamed into place."""
+    timm's public `save_for_hf` into a staging folder, then each file renamed into place. `task_config`: the
+    task's top-level config.json entries (Task.saved_config)."""
     import copy
     import tempfile
 
@@ -199,6 +200,7 @@ def save_classifier(model: nn.Module, output_dir: Path) -> None:
         config.get("model_args", {}).pop("num_classes", None)
         if not config.get("model_args"):
             config.pop("model_args", None)
+        config.update(task_config or {})
         config_path.write_text(json.dumps(config, indent=2))
         for name in ("model.safetensors", "config.json"):
             os.replace(Path(staging) / name, output_dir / name)

@@ -49,17 +49,20 @@ def results_context(run: dict, metrics: dict) -> dict:
     names, selected, config = split_names(run), report["selected"], run["config"]
     columns = [(split, names[split] + (" + flip TTA" if tta else "")) for split in SPLIT_KEYS
                for tta in (False, True) if split + ("_tta" if tta else "") in report]
-    rows = []
-    for key, title in task_of_run(run).card_rows:
+    rows, task = [], task_of_run(run)
+    for key, title in task.card_rows:
         values = [_value(report[split + ("_tta" if "TTA" in name else "")].get(key)) for split, name in columns]
         if any(values):
             rows.append([title] + values)
     per_class_split = "test" if "test" in report else "eval"
     return {"calibration": calibration_context(report.get("calibration"), names), "selection": {
-        "sentence": _sentence(selected, names, config, metrics, "test" in report),
+        "sentence": _sentence(selected, names, config, metrics, "test" in report)
+        + task.decision_sentence(config.get("threshold"), names["eval"]),
         "columns": [name for _, name in columns], "rows": rows, "per_class_split": names[per_class_split],
-        "per_class": [[table_cell(name), _value(scores["precision"]), _value(scores["recall"]), _value(scores["f1"]),
-                       str(scores["support"])] for name, scores in report[per_class_split]["per_class"].items()],
+        "label_word": task.per_label_key.removeprefix("per_"),  # class / label
+        "per_class_header": [title for _, title in task.card_per_label],
+        "per_class": [[table_cell(name)] + [_value(scores[key]) for key, _ in task.card_per_label]
+                      for name, scores in report[per_class_split][task.per_label_key].items()],
         "confusion_split": names[per_class_split]}}
 
 

@@ -57,7 +57,8 @@ def export_onnx(source: str, output_dir: Optional[Path] = None,
     staging = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=output_dir))  # same filesystem: moves are renames
     try:
         export_model(classifier.model, staging / ONNX_FILE)
-        config = preprocessor_config(classifier.model, classifier.label_names, source_weights_sha256(source))
+        config = preprocessor_config(classifier.model, classifier.label_names, source_weights_sha256(source),
+                                     classifier.task.saved_config())
         write_json(staging / PREPROCESSOR_FILE, config)
         difference = verify_export(staging, classifier, images[:NUM_CHECK_IMAGES])
         config["verified"] = {"max_abs_difference": difference, "atol": ATOL, "rtol": RTOL,

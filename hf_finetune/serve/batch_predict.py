@@ -33,6 +33,7 @@ class Failure:
 class Prediction:
     path: str
     top: list[tuple[str, float]]  # (label, score), most likely first: the task's top_labels
+    decided: Optional[list[tuple[str, float]]] = None  # multi-label: the labels above their thresholds
 
 
 @dataclass
@@ -105,9 +106,9 @@ def predict_files(runner, paths: Sequence[str], batch_size: int = 32, top_k: int
             with one_thread():  # per-image work on one thread each, as in the eval loader
                 crops = list(pool.map(lambda path: crop_or_failure(runner.transform, path), chunk))
             good = [(path, crop) for path, crop in zip(chunk, crops) if not isinstance(crop, Failure)]
-            tops = iter(_classify(runner, [crop for _, crop in good], top_k, tta) if good else [])
+            results = iter(_classify(runner, [crop for _, crop in good], top_k, tta) if good else [])
             for path, crop in zip(chunk, crops):
-                yield crop if isinstance(crop, Failure) else Prediction(path, next(tops))
+                yield crop if isinstance(crop, Failure) else Prediction(path, *next(results))
             bar.update(len(chunk))
     bar.close()
 
@@ -119,16 +120,20 @@ def crop_or_failure(transform: EvalPreprocess, path: str):
         return Failure(path, str(error))
 
 
-def _classify(runner, crops: list[torch.Tensor], top_k: int, tta: Optional[str]) -> list[list[tuple[str, float]]]:
+def _classify(runner, crops: list[torch.Tensor], top_k: int, tta: Optional[str]) -> list[tuple[list, Optional[list]]]:
+    """Per crop: its top-k (label, score) pairs and the task's decided labels (None for single-label)."""
     batch = torch.stack(crops)
     logits = runner.logits(batch)
     if tta == "flip":  # as tta.flip_tta_logits
         logits = runner.task.merge_tta(logits, runner.logits(batch.flip(-1)))
-    return runner.task.top_labels(logits, top_k)
+    decided = runner.task.decided_labels(logits) or [None] * len(crops)
+    return list(zip(runner.task.top_labels(logits, top_k), decided))
 
 
 def write_predictions(path: Path, predictions: list[Prediction], top_k: int) -> None:
-    """CSV (path, label_1, probability_1, ...) or JSON lines ({"path", "labels", "probabilities"}), by suffix."""
+    """CSV (path, label_1, probability_1, ...) or JSON lines ({"path", "labels", "probabilities"}), by suffix; a
+    multi-label model's rows add its decided labels: "predicted" (space-separated in CSV, as a manifest's
+    labels) and, in JSONL, "predicted_scores"."""
     import csv
     import io
     import json
@@ -137,17 +142,25 @@ def write_predictions(path: Path, predictions: list[Prediction], top_k: int) -> 
 
     if path.suffix == ".jsonl":
         text = "".join(json.dumps({"path": p.path, "labels": [label for label, _ in p.top],
-                                   "probabilities": [probability for _, probability in p.top]}) + "\n"
+                                   "probabilities": [probability for _, probability in p.top], **_decided(p)}) + "\n"
                        for p in predictions)
     else:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         columns = max((len(p.top) for p in predictions), default=top_k)  # top_k, or every label when fewer
-        writer.writerow(["path"] + [f"{column}_{rank}" for rank in range(1, columns + 1)
-                                    for column in ("label", "probability")])
+        decided = any(p.decided is not None for p in predictions)
+        writer.writerow(["path"] + (["predicted"] if decided else []) + [
+            f"{column}_{rank}" for rank in range(1, columns + 1) for column in ("label", "probability")])
         for p in predictions:
             cells = [value for label, probability in p.top for value in (label, f"{probability:.6f}")]
-            writer.writerow([p.path] + cells)
+            writer.writerow([p.path] + ([" ".join(label for label, _ in p.decided or [])] if decided else []) + cells)
         text = buffer.getvalue()
     write_text(path, text)
 
+
+
+def _decided(prediction: Prediction) -> dict:
+    if prediction.decided is None:
+        return {}
+    return {"predicted": [label for label, _ in prediction.decided],
+            "predicted_scores": [score for _, score in prediction.decided]}

@@ -8,7 +8,7 @@ spelled out in `PREPROCESSING` (what `preprocess.EvalPreprocess` does, exactly a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -18,7 +18,7 @@ from hf_finetune.errors import UserError, first_line
 from hf_finetune.files import sha256_of
 from hf_finetune.data.images import ImageSettings
 from hf_finetune.serve.preprocess import EvalPreprocess
-from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
+from hf_finetune.tasks import Task, task_of_saved_model
 
 ONNX_FILE, PREPROCESSOR_FILE = "model.onnx", "preprocessor.json"
 INT8_FILE = "model.int8.onnx"  # scripts/export.py --quantize int8: the same inputs and outputs, int8 inside
@@ -38,7 +38,8 @@ PREPROCESSING = [
     "resize the shorter side to floor(input_size / crop_pct) ('squash': both sides), antialiased, then center crop "
     "to input_size (H, W): timm's eval transform, on uint8",
     "float32 = (uint8 / 255 - mean) / std per channel, NCHW, batch of any size, fed as `input_name`",
-    "`output_name` is the logits per label_names; softmax gives the probabilities",
+    "`output_name` is the logits per label_names; softmax gives the probabilities, or, with problem_type "
+    "multi_label_classification, a sigmoid per label, present at or above its entry of `thresholds`",
 ]
 
 
@@ -54,9 +55,11 @@ def require(*modules: str) -> None:
                             f"`{EXTRA_HINT}`") from None
 
 
-def preprocessor_config(model: torch.nn.Module, label_names: list[str], weights_sha256: Optional[str]) -> dict:
-    """What preprocessor.json holds for `model` (its resolved timm data config), its labels and the sha256 of the
-    model.safetensors it was exported from (None: a source without one)."""
+def preprocessor_config(model: torch.nn.Module, label_names: list[str], weights_sha256: Optional[str],
+                        task_config: Optional[dict] = None) -> dict:
+    """What preprocessor.json holds for `model` (its resolved timm data config), its labels, the sha256 of the
+    model.safetensors it was exported from (None: a source without one) and its task's config.json entries
+    (`Task.saved_config`: a multi-label model's problem_type and thresholds)."""
     from timm.data import resolve_model_data_config
 
     config = resolve_model_data_config(model)
@@ -68,6 +71,7 @@ def preprocessor_config(model: torch.nn.Module, label_names: list[str], weights_
         "resize_shorter_side": settings.short_side,
         "label_names": list(label_names),
         "weights_sha256": weights_sha256,
+        **(task_config or {}),
         "preprocessing": PREPROCESSING,
     }
 
@@ -82,10 +86,11 @@ class OnnxClassifier:
     transform: EvalPreprocess
     label_names: list[str]
     input_name: str = INPUT_NAME
+    task_config: dict = field(default_factory=dict)  # preprocessor.json's problem_type and thresholds, if any
 
     @property
     def task(self) -> Task:
-        return create_task(SINGLE_LABEL, self.label_names)  # an export records no task yet: all are single-label
+        return task_of_saved_model(self.task_config, self.label_names)
 
     def logits(self, crops: torch.Tensor) -> torch.Tensor:
         """Logits of a batch of uint8 eval crops (NCHW), computed by onnxruntime."""
@@ -107,7 +112,8 @@ def load_onnx_classifier(name_or_path: Union[str, Path], onnx_file: str = ONNX_F
                         "with scripts/export.py") from None
     check_export_is_current(folder, config)
     return OnnxClassifier(inference_session(folder / onnx_file), EvalPreprocess(settings),
-                          list(config["label_names"]), config["input_name"])
+                          list(config["label_names"]), config["input_name"],
+                          {key: config[key] for key in ("problem_type", "thresholds") if key in config})
 
 
 def inference_session(path: Path) -> "onnxruntime.InferenceSession":  # noqa: F821

@@ -13,7 +13,7 @@ from hf_finetune.errors import UserError, first_line
 from hf_finetune.hardware import one_thread
 from hf_finetune.data.images import BadImageError
 from hf_finetune.serve.preprocess import EvalPreprocess, ImageInput
-from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
+from hf_finetune.tasks import Task, task_of_saved_model
 
 
 @dataclass
@@ -57,9 +57,23 @@ def load_classifier(name_or_path: Union[str, Path], cache_dir: Optional[Path] = 
     label_names = list(model.pretrained_cfg.get("label_names") or [])
     if len(label_names) != model.num_classes:
         label_names = [str(index) for index in range(model.num_classes)]  # a model saved without its labels
-    # A saved model records no task yet: every model so far is single-label.
     return Classifier(model=model, transform=EvalPreprocess.for_model(model), label_names=label_names,
-                      task=create_task(SINGLE_LABEL, label_names))
+                      task=task_of_saved_model(saved_config(name, cache_dir), label_names))
+
+
+def saved_config(name: str, cache_dir: Optional[Path] = None) -> dict:
+    """The model's config.json (timm keeps only its pretrained_cfg; the task's entries are top-level), from the
+    folder or from the Hub cache timm just filled."""
+    import json
+
+    if name.startswith("local-dir:"):
+        path = Path(name[len("local-dir:"):]) / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        repo_id, _, revision = name[len("hf-hub:"):].partition("@")  # timm's `hf-hub:user/model@revision`
+        path = Path(hf_hub_download(repo_id, "config.json", revision=revision or None, cache_dir=cache_dir))
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def predict(classifier: Classifier, images: Sequence[ImageInput], top_k: int = 5) -> list[list[tuple[str, float]]]:

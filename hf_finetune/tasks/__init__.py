@@ -21,9 +21,20 @@ def create_task(name: str, label_names: Sequence[str], config=None, train_labels
     from hf_finetune.tasks.single_label import SingleLabel
 
     tasks = {SINGLE_LABEL: SingleLabel, MULTI_LABEL: MultiLabel}
+    name = name.replace("-", "_")  # the data's and --task's spelling (single-label, multi-label)
     if name not in tasks:
         raise UserError(f"task {name!r}: unknown; one of {', '.join(tasks)}")
     return tasks[name].create(label_names, config, train_labels)
+
+
+def task_of_saved_model(config: dict, label_names: Sequence[str]) -> Task:
+    """The task a saved model's config.json records (`Task.saved_config`), with its decisions; a model without
+    a problem_type is single-label."""
+    from hf_finetune.tasks.multi_label import MultiLabel
+
+    if config.get("problem_type") == "multi_label_classification":
+        return MultiLabel(label_names, config.get("thresholds"))
+    return create_task(SINGLE_LABEL, label_names)
 
 
 def task_of_run(run: dict) -> Task:
@@ -31,4 +42,4 @@ def task_of_run(run: dict) -> Task:
     return create_task(run.get("task", SINGLE_LABEL), run["label_names"])
 
 
-__all__ = ["MULTI_LABEL", "SINGLE_LABEL", "Task", "create_task", "task_of_run"]
+__all__ = ["MULTI_LABEL", "SINGLE_LABEL", "Task", "create_task", "task_of_run", "task_of_saved_model"]

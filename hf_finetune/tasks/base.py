@@ -9,7 +9,7 @@ A task turns labels into training targets and scores logits against them (`train
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 
@@ -32,6 +32,12 @@ class Task(Protocol):
     card_metric_ids: list[str]  # the card's `metrics`: Hub metric ids of what the model-index reports
     card_rows: Sequence[tuple[str, str]]  # the card's results table: (metrics key, row title)
     class_weights: Optional[torch.Tensor]  # the loss's weight per label, or None (recorded in run_config.json)
+    default_select_metric: str  # --select-metric when unset
+    temperature_scaling: bool  # --calibrate temperature applies (one temperature fitted on the eval split)
+    history_columns: Sequence[tuple[str, str]]  # metrics.json's eval columns: (metrics key, column suffix)
+    per_label_key: str  # the create_metrics().compute() key of the per-label scores
+    card_per_label: Sequence[tuple[str, str]]  # the card's per-label table: (per-label score key, column title)
+    label_encoder: Optional[Callable]  # applied by the loaders to each row's label (None: kept as it is)
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,12 +58,26 @@ class Task(Protocol):
     def top_labels(self, logits: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
         """Per image, what prediction reports: (label, score) pairs, most likely first."""
 
+    def decided_labels(self, logits: torch.Tensor) -> Optional[list[list[tuple[str, float]]]]:
+        """Per image, the labels decided present with their scores, when the task decides more than the top-k
+        shows (multi-label: those above their thresholds); None otherwise."""
+
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         """One image's logits from those of the image and of its mirror."""
 
     def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
                            k: int) -> list[tuple[int, int, float]]:
         """The (at most) k most confident wrong decisions: (sample index, predicted label, its score)."""
+
+    def fit_decisions(self, metrics: Metrics, fixed_threshold: Optional[float] = None) -> bool:
+        """Fit the decisions to the scores `metrics` gathered (the selection split's); True when they changed,
+        and `metrics` then decides with them."""
+
+    def decision_sentence(self, fixed_threshold: Optional[float], split: str) -> str:
+        """The card's sentence on how decisions are made (empty when there is nothing to say)."""
+
+    def saved_config(self) -> dict:
+        """What config.json keeps beside timm's entries for this task (the decisions, how to score)."""
 
     def create_metrics(self) -> Metrics:
         """An empty accumulator of this task's metrics."""

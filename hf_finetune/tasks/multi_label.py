@@ -9,15 +9,24 @@ hamming loss).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from hf_finetune.config import MULTI_LABEL_SELECT_METRICS
 from hf_finetune.errors import UserError
 from hf_finetune.tasks.multi_label_metrics import (DEFAULT_THRESHOLD, MultiLabelMetrics, summary_line,
                                                    tune_thresholds)
 from hf_finetune.tasks.tta import mean_logits
+
+
+def multi_hot(indices: Sequence[int], num_labels: int) -> torch.Tensor:
+    """A row's list of class indices (data/label_sets.py) as a float [num_labels] target of 0s and 1s."""
+    target = torch.zeros(num_labels)
+    target[list(indices)] = 1.0
+    return target
 
 
 def balanced_pos_weight(targets: torch.Tensor) -> torch.Tensor:
@@ -33,8 +42,16 @@ def balanced_pos_weight(targets: torch.Tensor) -> torch.Tensor:
 
 class MultiLabel:
     name = "multi_label"
-    select_metrics = {"eval_loss": ("loss", False), "map": ("map", True), "micro_f1": ("micro_f1", True),
-                      "macro_f1": ("macro_f1", True), "exact_match": ("exact_match", True)}
+    select_metrics = MULTI_LABEL_SELECT_METRICS
+    default_select_metric = "map"  # threshold-free, and what the card and Kaggle report
+    temperature_scaling = False  # one T per label would be needed: not built yet (README)
+    # metrics.json's history columns: (metrics key, column suffix); eval_acc is the exact match, as train_acc
+    history_columns = (("loss", "loss"), ("exact_match", "acc"), ("count", "count"), ("map", "map"),
+                       ("micro_f1", "micro_f1"), ("macro_f1", "macro_f1"), ("hamming_loss", "hamming_loss"),
+                       ("per_label", "per_label"))
+    per_label_key = "per_label"
+    card_per_label = (("ap", "AP"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
+                      ("threshold", "threshold"), ("support", "support"))
     card_metrics = (("map", "map", "mAP", None), ("micro_f1", "f1", "Micro F1", {"average": "micro"}),
                     ("macro_f1", "f1", "Macro F1", {"average": "macro"}))
     card_metric_ids = ["f1"]
@@ -53,6 +70,12 @@ class MultiLabel:
     def class_weights(self) -> Optional[torch.Tensor]:
         return self.pos_weight
 
+    @property
+    def label_encoder(self):
+        """What the loaders apply to each row's label: its class indices -> its multi-hot target (picklable
+        for loader workers)."""
+        return partial(multi_hot, num_labels=len(self.label_names))
+
     @classmethod
     def create(cls, label_names: Sequence[str], config=None, train_labels=None) -> "MultiLabel":
         """With the run's config and the train split's multi-hot labels: its loss options."""
@@ -60,8 +83,11 @@ class MultiLabel:
             return cls(label_names)
         if config.mixup or config.cutmix:
             raise UserError("--mixup/--cutmix: not available for multi-label data yet; leave them at 0")
-        pos_weight = balanced_pos_weight(train_labels) if config.class_weights == "balanced" else None
-        return cls(label_names, label_smoothing=config.label_smoothing, pos_weight=pos_weight)
+        pos_weight = None
+        if config.class_weights == "balanced":
+            pos_weight = balanced_pos_weight(torch.stack([multi_hot(row, len(label_names)) for row in train_labels]))
+        thresholds = None if config.threshold is None else [config.threshold] * len(label_names)
+        return cls(label_names, thresholds, label_smoothing=config.label_smoothing, pos_weight=pos_weight)
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +124,12 @@ class MultiLabel:
         return [[(self.label_names[index], float(value)) for value, index in zip(row_values, row_indices)]
                 for row_values, row_indices in zip(values.tolist(), indices.tolist())]
 
+    def decided_labels(self, logits: torch.Tensor) -> list[list[tuple[str, float]]]:
+        """Per image, the (label, score) pairs at or above their thresholds, highest score first."""
+        scores, decisions = self.probabilities(logits), self.decisions(logits)
+        return [sorted(((self.label_names[label], float(row_scores[label])) for label in row.nonzero().reshape(-1)),
+                       key=lambda pair: -pair[1]) for row_scores, row in zip(scores, decisions)]
+
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         return mean_logits(logits, mirrored_logits)
 
@@ -108,6 +140,28 @@ class MultiLabel:
         wrong = (probabilities >= torch.tensor(self.thresholds)) & ~labels
         found = [(int(image), int(label), float(probabilities[image, label])) for image, label in wrong.nonzero()]
         return sorted(found, key=lambda mistake: (-mistake[2], mistake[0], mistake[1]))[:k]
+
+    def fit_decisions(self, metrics: MultiLabelMetrics, fixed_threshold: Optional[float] = None) -> bool:
+        """The thresholds: `fixed_threshold` (--threshold) for every label, or tuned on the scores `metrics`
+        gathered (the selection split's, for the saved weights); `metrics` then decides with them too."""
+        if fixed_threshold is not None:
+            self.thresholds = [fixed_threshold] * len(self.label_names)
+        else:
+            self.tune_thresholds(*metrics.scores_and_targets())
+        metrics.thresholds = list(self.thresholds)
+        return True
+
+    def decision_sentence(self, fixed_threshold: Optional[float], split: str) -> str:
+        """The card's word on how the thresholds were chosen."""
+        if fixed_threshold is not None:
+            return f" A label is predicted when its sigmoid score is at least {fixed_threshold:g} (`--threshold`)."
+        return (f" A label is predicted when its sigmoid score reaches its threshold, tuned per label to its best F1 on"
+                f" the `{split}` split for these weights (table below; saved as `thresholds` in config.json).")
+
+    def saved_config(self) -> dict:
+        """config.json's entries: transformers' image-classification pipeline applies a sigmoid for this
+        problem_type (and timm ignores it); `thresholds`, one per label, for load_classifier and predict."""
+        return {"problem_type": "multi_label_classification", "thresholds": list(self.thresholds)}
 
     def tune_thresholds(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
         """Each label's threshold: the best F1 on these scores [samples, labels] (the selection split's)."""

@@ -27,6 +27,13 @@ class SingleLabel:
     card_metric_ids = ["accuracy", "f1"]
     card_rows = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
                  ("top5", "top-5 accuracy"), ("loss", "loss"), ("count", "images"))
+    default_select_metric = "eval_loss"
+    temperature_scaling = True  # one T for the softmax (tasks/calibration.py)
+    history_columns = (("loss", "loss"), ("accuracy", "acc"), ("count", "count"), ("top5", "top5"),
+                       ("macro_f1", "macro_f1"), ("balanced_accuracy", "balanced_accuracy"), ("per_class", "per_class"))
+    label_encoder = None  # the loaders' class indices are the targets
+    per_label_key = "per_class"  # create_metrics().compute()'s per-class scores
+    card_per_label = (("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("support", "support"))
 
     def __init__(self, label_names: Sequence[str], objective: Optional[TrainingObjective] = None):
         self.label_names = list(label_names)
@@ -42,6 +49,18 @@ class SingleLabel:
         if config is None:
             return cls(label_names)
         return cls(label_names, create_objective(config, train_labels, len(label_names)))
+
+    def fit_decisions(self, metrics: ClassificationMetrics, fixed_threshold: Optional[float] = None) -> bool:
+        """Argmax needs no fitting."""
+        return False
+
+    def decision_sentence(self, fixed_threshold: Optional[float], split: str) -> str:
+        """The card's word on decisions: argmax needs none."""
+        return ""
+
+    def saved_config(self) -> dict:
+        """config.json has no single-label entries: softmax is transformers' and timm's default."""
+        return {}
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +86,10 @@ class SingleLabel:
         values, indices = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
         return [[(self.label_names[index], float(value)) for value, index in zip(row_values, row_indices)]
                 for row_values, row_indices in zip(values.tolist(), indices.tolist())]
+
+    def decided_labels(self, logits: torch.Tensor) -> None:
+        """Prediction reports the top-k: argmax is its first."""
+        return None
 
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         return mean_logits(logits, mirrored_logits)

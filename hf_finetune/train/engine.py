@@ -113,9 +113,10 @@ def _batches_from(accelerator, loader, epoch: int, resume: Optional[ResumePoint]
 
 @torch.no_grad()
 def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, loader=None, tta: bool = False,
-             keep_logits: bool = False) -> dict:
+             keep_logits: bool = False, metrics=None) -> dict:
     """The task's metrics (`parts.task.create_metrics().compute()`) of `model` (default the trained one; the EMA
-    copy, the selected weights) on `loader` (default the eval split), plus "seconds". Exact across processes:
+    copy, the selected weights) on `loader` (default the eval split), plus "seconds"; `metrics`: the accumulator
+    to fill (default a new one), for a caller that wants its scores too. Exact across processes:
     gather_for_metrics gives every process every sample once (the last batch's padding dropped), and the
     metrics are computed from counts and exactly rounded loss sums, so each process gets the same numbers as
     one process would. `tta`: the task's merge of the logits of each image and its mirror (tta.flip_tta_logits).
@@ -127,7 +128,7 @@ def evaluate(parts: TrainingParts, model: Optional[torch.nn.Module] = None, load
     normalize, accelerator, task = parts.normalize, parts.accelerator, parts.task
     model.eval()
     started = time.perf_counter()
-    metrics = task.create_metrics()
+    metrics = task.create_metrics() if metrics is None else metrics
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     for batch in loader:
         images, labels = normalize(batch["pixel_values"]), batch["label"]

@@ -23,7 +23,7 @@ from hf_finetune.hardware import cpu_only_launch, machine_precision
 from hf_finetune.data.loaders import (Normalize, create_dataloaders, create_eval_loader, create_normalize,
                                       default_num_workers)
 from hf_finetune.model.create import SourceModel, create_classifier
-from hf_finetune.tasks import SINGLE_LABEL, Task, create_task
+from hf_finetune.tasks import Task, create_task
 from hf_finetune.model.optim import create_optimizer, create_param_groups, create_scheduler
 from hf_finetune.model.reuse import reuse_classifier_rows
 
@@ -105,7 +105,10 @@ def create_training_parts(options: FinetuneConfig) -> TrainingParts:
     config = resolve_config(options, RunFacts(
         train_size=len(data.train), num_processes=processes.num_processes, pretrained=source.pretrained,
         layer_groups=hasattr(model, "group_matcher"), precision=machine_precision(options.mixed_precision),
-        default_num_workers=default_num_workers(processes.num_processes)))
+        default_num_workers=default_num_workers(processes.num_processes),
+        default_select_metric=create_task(data.task, data.label_names).default_select_metric))
+    task = create_task(data.task, data.label_names, config, data.train["label"])
+    task.check_select_metric(config.select_metric)
     accelerator = create_accelerator(config)
     batch_per_device = per_device_batch_size(config, accelerator.num_processes)
     reused_rows = (reuse_classifier_rows(model, source, data.label_names, config.label_map)
@@ -113,11 +116,12 @@ def create_training_parts(options: FinetuneConfig) -> TrainingParts:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
-                                                   accelerator.num_processes, config.seed, config.auto_augment)
-    task = create_task(SINGLE_LABEL, data.label_names, config, data.train["label"])
+                                                   accelerator.num_processes, config.seed, config.auto_augment,
+                                                   task.label_encoder)
     normalize = create_normalize(model)
     test_loader = (None if data.test is None else create_eval_loader(data.test, model, batch_per_device,
-                                                                     config.num_workers, accelerator.num_processes))
+                                                                     config.num_workers, accelerator.num_processes,
+                                                                     task.label_encoder))
     frozen = parameters_to_freeze(model, config.freeze, config.freeze_fraction)
     set_requires_grad(model, frozen, False)  # before the optimizer: frozen parameters are not in it
     optimizer = create_optimizer(create_param_groups(model, config), config)

@@ -165,12 +165,18 @@ def load_selected(parts: TrainingParts, progress: TrainingProgress) -> dict:
 
 
 def final_evaluation(parts: TrainingParts, progress: TrainingProgress) -> dict:
-    """The selected weights (calibrated first with --calibrate temperature: the weights saved) on the eval split
-    and the test split, if any, plain and with --tta flip."""
+    """The selected weights (calibrated first where the task can be and with --calibrate temperature: the weights
+    saved) on the eval split and the test split, if any, plain and with --tta flip. The task fits its decisions
+    to the eval split (multi-label: the per-label thresholds), so every split and the saved model use them."""
     selected = load_selected(parts, progress)
     test_loader: Optional[object] = getattr(parts, "test_loader", None)
-    calibration = calibrate_selected(parts, test_loader) if parts.config.calibrate == "temperature" else None
-    report = {"selected": selected, "eval": evaluate(parts)}
+    calibrate = parts.config.calibrate == "temperature" and parts.task.temperature_scaling
+    calibration = calibrate_selected(parts, test_loader) if calibrate else None
+    accumulator = parts.task.create_metrics()
+    evaluation = evaluate(parts, metrics=accumulator)
+    if parts.task.fit_decisions(accumulator, parts.config.threshold):  # the same on every process: gathered
+        evaluation = {**accumulator.compute(), "seconds": evaluation["seconds"]}
+    report = {"selected": selected, "eval": evaluation}
     if test_loader is not None:
         report["test"] = evaluate(parts, loader=test_loader)
     if parts.config.tta == "flip":
@@ -198,9 +204,7 @@ def calibrate_selected(parts: TrainingParts, test_loader: Optional[object]) -> d
                for split, result in logits.items()}}
 
 
-def eval_columns(metrics: dict, prefix: str = "eval") -> dict:
-    """An evaluation's columns of a metrics.json history row (eval_acc, eval_loss, eval_count kept as before)."""
-    return {f"{prefix}_loss": metrics["loss"], f"{prefix}_acc": metrics["accuracy"],
-            f"{prefix}_count": metrics["count"], f"{prefix}_top5": metrics["top5"],
-            f"{prefix}_macro_f1": metrics["macro_f1"], f"{prefix}_balanced_accuracy": metrics["balanced_accuracy"],
-            f"{prefix}_per_class": metrics["per_class"]}
+def eval_columns(metrics: dict, task: Task, prefix: str = "eval") -> dict:
+    """An evaluation's columns of a metrics.json history row: the task's `history_columns` (single-label:
+    eval_acc, eval_loss, eval_count kept as before)."""
+    return {f"{prefix}_{suffix}": metrics[key] for key, suffix in task.history_columns}

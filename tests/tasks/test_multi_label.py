@@ -26,7 +26,7 @@ def test_multi_label_answers_everything_a_task_is_asked():
 
 def test_loss_is_bce_with_logits_with_balanced_pos_weight_and_smoothing():
     config = FinetuneConfig(label_smoothing=0.2, class_weights="balanced")
-    task = create_task(MULTI_LABEL, NAMES, config, TARGETS)
+    task = create_task(MULTI_LABEL, NAMES, config, [[0], [0, 1], [1, 2], [0, 2]])  # the data's class indices
     torch.testing.assert_close(task.class_weights, torch.tensor([1 / 3, 1.0, 1.0], dtype=torch.float64))
     images = torch.zeros(4, 3, 8, 8)
     inputs, targets = task.training_batch(images, TARGETS)
