@@ -19,13 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from hf_finetune.config import SELECT_METRICS, FinetuneConfig, parse_config
+from hf_finetune.config import MULTI_LABEL_SELECT_METRICS, SELECT_METRICS, FinetuneConfig, parse_config
 from hf_finetune.errors import TrainingStopped, UserError
 from hf_finetune.run import finetune
 from hf_finetune.sweep.ranks import receive, reset_accelerate_state, send, shared_state
 from hf_finetune.sweep.space import as_flags, load_space, suggest
 from hf_finetune.train.guard import NON_FINITE
-from hf_finetune.train.selection import eval_columns
+from hf_finetune.tasks.multi_label import MultiLabel
+from hf_finetune.tasks.single_label import SingleLabel
+
+
+# Every --select-metric, either task's: (metrics key, higher is better); a name both tasks have means the same.
+SELECT_DIRECTIONS = SELECT_METRICS | MULTI_LABEL_SELECT_METRICS
+# Without --select-metric a run takes its task's default, known only once its data is read; a study needs its
+# direction first, so a sweep gives every trial eval_loss, which both tasks have.
+DEFAULT_SELECT_METRIC = "eval_loss"
 
 
 @dataclass
@@ -47,6 +55,8 @@ def sweep(finetune_args: list[str], space_path: Optional[str], settings: SweepSe
         raise UserError("the sweep needs Optuna: pip install 'hf_finetune[sweep]'")
     from hf_finetune.sweep.results import write_results
 
+    if parse_config(finetune_args).select_metric is None:  # the study's direction is needed before any data is read
+        finetune_args = [*finetune_args, "--select-metric", DEFAULT_SELECT_METRIC]
     base = base_config(finetune_args)
     space = load_space(base, space_path)
     main_process = shared_state().is_main_process
@@ -62,7 +72,7 @@ def load_study(settings: SweepSettings, finetune_args: list[str], select_metric:
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    direction = "maximize" if SELECT_METRICS[select_metric][1] else "minimize"
+    direction = "maximize" if SELECT_DIRECTIONS[select_metric][1] else "minimize"
     try:
         storage = RDBStorage(settings.storage, heartbeat_interval=settings.heartbeat,
                              grace_period=2 * settings.heartbeat,
@@ -159,7 +169,7 @@ def train_trial(args: list[str], trial) -> float:
         if trial is not None:
             trial.set_user_attr("failure", str(error))
         return math.nan  # Optuna records a failed trial and the study goes on
-    return metrics["selected"]["eval"][SELECT_METRICS[config.select_metric][0]]
+    return metrics["selected"]["eval"][SELECT_DIRECTIONS[config.select_metric][0]]
 
 
 class PruneHook:
@@ -180,18 +190,13 @@ class PruneHook:
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
 
-class _KeyNames(dict):
-    def __missing__(self, key):
-        return key
-
-
-# metrics key -> column of a metrics.json row, read off eval_columns itself so the two cannot drift apart
-_COLUMNS = {key: column.removeprefix("eval_") for column, key in eval_columns(_KeyNames()).items()}
+# metrics key -> column suffix of a metrics.json row, read off the tasks' own history columns so they cannot drift
+_COLUMNS = dict(SingleLabel.history_columns) | dict(MultiLabel.history_columns)
 
 
 def epoch_score(row: dict, select_metric: str) -> float:
     """The epoch's selection score: its --select-metric for the better of the trained and the EMA weights."""
-    key, higher_is_better = SELECT_METRICS[select_metric]
+    key, higher_is_better = SELECT_DIRECTIONS[select_metric]
     columns = [f"{prefix}_{_COLUMNS[key]}" for prefix in ("eval", "ema_eval")]
     scores = [row[column] for column in columns if column in row]
     return max(scores) if higher_is_better else min(scores)
