@@ -263,7 +263,9 @@ def test_rerunning_a_finished_command_trains_and_pushes_nothing(photos, tmp_path
 
 def test_a_malicious_pickle_in_a_checkpoint_cannot_run_code(photos, tmp_path):
     out = tmp_path / "out"
-    run_script("finetune.py", *_args(photos, out, "--epochs", "1"))
+    # d2l: a constant schedule, so the run may continue to 2 epochs (the resume identity refuses that on cosine)
+    # and reaches the checkpoint's optimizer.pt.
+    run_script("finetune.py", *_args(photos, out, "--epochs", "1", "--recipe", "d2l"))
     marker = tmp_path / "pwned"
 
     class Exploit:
@@ -273,7 +275,7 @@ def test_a_malicious_pickle_in_a_checkpoint_cannot_run_code(photos, tmp_path):
     checkpoint = list_checkpoints(out)[-1]
     torch.save({"state": Exploit()}, checkpoint / "optimizer.pt")
     (out / "metrics.json").unlink()
-    result = run_script("finetune.py", *_args(photos, out, "--epochs", "2"), check=False)
+    result = run_script("finetune.py", *_args(photos, out, "--epochs", "2", "--recipe", "d2l"), check=False)
     assert not marker.exists(), "unpickling ran code"
     assert result.returncode == 2 and "optimizer.pt" in result.stderr and "Traceback" not in result.stderr
 
