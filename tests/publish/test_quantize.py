@@ -13,6 +13,10 @@ from finished_run import make_finished_run
 
 from hf_finetune.errors import UserError
 
+# onnxruntime's calibration and quantization of a run (minutes under load): CI's first step runs them,
+# its floors step does not.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("onnxruntime")
 
 
