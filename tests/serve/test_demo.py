@@ -17,7 +17,8 @@ from finished_run import LABELS, make_finished_run
 
 from hub_server import free_port
 
-# a Gradio server, a browser and a Space push (a minute and more): CI's first step runs them, its floors step does not.
+# A Gradio server, a browser and a Space push (a minute and more): CI's first step runs them, its floors step
+# does not.
 pytestmark = pytest.mark.slow
 
 pytest.importorskip("gradio", reason='the demo extra: pip install -e ".[demo]"')
