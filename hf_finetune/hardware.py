@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-import torch
 
 
 def available_cpus() -> int:
@@ -40,6 +39,8 @@ def cores_per_process(num_processes: int, environ: Mapping[str, str] = os.enviro
 def cpu_only_launch() -> bool:
     """A multi-process launch (torch.distributed.run) on a machine without a GPU: Accelerate picks gloo for it
     only when told it runs on the CPU (`cpu=True`)."""
+    import torch  # here, not at the top: config imports this module, and --help must not load torch
+
     return int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
 
 
@@ -48,6 +49,8 @@ def one_thread():
     """Run per-image tensor ops on one thread, as DataLoader workers always do. Split between threads, an op
     on one image saves little and stalls whenever another process holds a core: on a busy 2-core machine
     the loader without workers fell from ~1100 to ~30 images/s."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -74,6 +77,8 @@ def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 natively here (AVX512-BF16 / AMX). Without it, bf16 autocast on the CPU is
     emulated and measured 10-14x slower than fp32 (AMD EPYC, AVX2 only). torch has no public query for this:
     `torch.ops.mkldnn._is_mkldnn_bf16_supported` is the check torch's own bf16 CPU paths use."""
+    import torch
+
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -128,6 +133,8 @@ def resolve_precision(requested: str, device_type: str, bf16_native: bool) -> Pr
 
 def machine_precision(requested: str, use_cpu: bool = False) -> Precision:
     """`resolve_precision` for the device this process will train on."""
+    import torch
+
     if torch.cuda.is_available() and not use_cpu:
         native = cuda_has_native_bf16(torch.cuda.get_device_capability(), hip=bool(torch.version.hip))
         return resolve_precision(requested, "cuda", native)
