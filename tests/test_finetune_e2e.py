@@ -43,7 +43,8 @@ def test_one_epoch_saves_a_model_that_reloads_with_identical_logits(tiny_folder,
     assert metrics["final"]["eval_count"] == 8 and len(metrics["history"]) == 1
     run_config = json.loads((out / "run_config.json").read_text())
     # The default recipe on a random backbone (issue 18.5): no layer-wise LR decay, so one backbone group, then the
-    # head at 10x the base LR; the run records why (a pretrained one gets a group per depth: tests/model/test_techniques.py).
+    # head at 10x the base LR; the run records why (a pretrained one gets a group per depth:
+    # tests/model/test_techniques.py).
     backbone, head = run_config["param_groups"]
     assert head["name"] == "head" and not backbone["name"].startswith("backbone.depth")
     assert head["lr"] == pytest.approx(10 * run_config["config"]["lr"]) == pytest.approx(10 * backbone["lr"])
