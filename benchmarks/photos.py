@@ -42,7 +42,7 @@ def photo_splits(photos: Path) -> tuple[Path, Path]:
     as a run finds them (`hf_finetune.data.sources.find_splits`). A benchmark needs both: a folder without a
     held-out split, which a run would carve a holdout out of, is refused."""
     from hf_finetune.config import EVAL_SPLIT_NAMES
-    from hf_finetune.data.sources import find_splits
+    from hf_finetune.data.folders import find_splits
     from hf_finetune.errors import UserError
 
     expected = (f"--data-dir {photos}: expected train/<class>/ and one of {'/'.join(EVAL_SPLIT_NAMES)}/<class>/ "

@@ -17,8 +17,7 @@ from typing import Optional
 
 from hf_finetune.config import EVAL_SPLIT_NAMES, FinetuneConfig
 from hf_finetune.data.download import default_cache_dir, hotdog_dir
-from hf_finetune.data.folders import (IMAGE_EXTENSIONS, find_classes, find_splits, has_images,  # noqa: F401
-                                      test_split_name, visible_dirs)
+from hf_finetune.data.folders import find_classes, find_splits, has_images, test_split_name, visible_dirs
 from hf_finetune.data.label_sets import MULTI_LABEL, SINGLE_LABEL, encode_label_sets
 from hf_finetune.data.labels import class_encoded, class_names, is_label_list, label_set_rows
 from hf_finetune.data.manifest import image_column, load_manifest, manifest_files, warn_shared_images

@@ -145,7 +145,7 @@ def verify_export(folder: Path, classifier: Classifier, images: Sequence[Path]) 
 
 def default_check_images(source: str) -> list[Path]:
     """A few images of the run's own data folder (its run_config.json), when SOURCE is a run that has one."""
-    from hf_finetune.data.sources import IMAGE_EXTENSIONS
+    from hf_finetune.data.folders import IMAGE_EXTENSIONS
 
     record = Path(source) / "run_config.json"
     if not record.is_file():

@@ -81,7 +81,7 @@ def quantize_int8(run_dir: Path, export_dir: Path, min_agreement: float = MIN_AG
 
 def run_images(run_dir: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
     """(path, class folder name) of the train and eval images of the run's local image folder."""
-    from hf_finetune.data.sources import find_splits
+    from hf_finetune.data.folders import find_splits
 
     record = run_dir / "run_config.json"
     if not record.is_file():
@@ -100,7 +100,7 @@ def run_images(run_dir: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, 
 
 
 def labelled_files(split_dir: Path) -> list[tuple[Path, str]]:
-    from hf_finetune.data.sources import IMAGE_EXTENSIONS
+    from hf_finetune.data.folders import IMAGE_EXTENSIONS
 
     return [(path, class_dir.name) for class_dir in sorted(split_dir.iterdir()) if class_dir.is_dir()
             for path in sorted(class_dir.rglob("*"))

@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from hf_finetune.data.sources import IMAGE_EXTENSIONS
+from hf_finetune.data.folders import IMAGE_EXTENSIONS
 from hf_finetune.hardware import available_cpus, one_thread
 from hf_finetune.data.images import BadImageError
 from hf_finetune.serve.predict import Classifier

@@ -75,7 +75,7 @@ def eval_examples(model: str, limit: int = MAX_EXAMPLES) -> list[str]:
     folder = Path(data_dir) / split if data_dir and split else None
     if folder is None or not folder.is_dir():  # a Hub dataset, a holdout carved from train, or moved away
         return []
-    from hf_finetune.data.sources import IMAGE_EXTENSIONS
+    from hf_finetune.data.folders import IMAGE_EXTENSIONS
 
     per_class = [sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
                  for class_dir in sorted(folder.iterdir()) if class_dir.is_dir()]

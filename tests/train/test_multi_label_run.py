@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -187,9 +186,7 @@ def test_predict_writes_labels_above_thresholds_and_onnx_agrees(trained, tmp_pat
 def test_multi_label_sigterm_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     """test_reliability's exact-resume test on a multi-label run, with its loss options (pos_weight, smoothing)
     and the regularizers that draw random numbers (RandAugment, drop path)."""
-    from test_reliability import _same_history, _same_state, _signal_when_progress, _start
-
-    from hf_finetune.train.checkpoints import list_checkpoints
+    from test_reliability import sigterm_mid_epoch_then_resume_matches_straight
 
     data = make_multi_label_manifests(tmp_path / "colours", per_split=(48, 8))  # 24 steps of 2 an epoch
 
@@ -199,16 +196,7 @@ def test_multi_label_sigterm_mid_epoch_then_resume_is_bitwise_identical(tmp_path
                 "0", "--label-smoothing", "0.1", "--class-weights", "balanced", "--auto-augment", "rand",
                 "--drop-path", "0.1", "--output-dir", str(out)]
 
-    run_script("finetune.py", *argv(tmp_path / "straight"))
-    interrupted = _start(argv(tmp_path / "resumed"))
-    stderr = _signal_when_progress(interrupted, batches=3)
-    assert interrupted.returncode == 75, stderr[-2000:]
-    [checkpoint] = list_checkpoints(tmp_path / "resumed")
-    assert re.match(r"epoch-0000-step-0000(0[3-9]|1\d|2[0-3])$", checkpoint.name), checkpoint.name
-    result = run_script("finetune.py", *argv(tmp_path / "resumed"))
-    assert "resumed from" in result.stdout
-    _same_state(list_checkpoints(tmp_path / "straight")[-1], list_checkpoints(tmp_path / "resumed")[-1])
-    _same_history(tmp_path / "straight", tmp_path / "resumed")
+    sigterm_mid_epoch_then_resume_matches_straight(argv, tmp_path)
     straight, resumed = (json.loads((out / "metrics.json").read_text()) for out in (tmp_path / "straight",
                                                                                       tmp_path / "resumed"))
     assert [row["eval_map"] for row in straight["history"]] == [row["eval_map"] for row in resumed["history"]]

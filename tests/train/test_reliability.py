@@ -99,6 +99,12 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_identical(photos, tmp_path, wo
     # the progress bar under a loaded machine, lags many steps behind the run (seen at batch 4: 9 steps late).
     argv = lambda out: _args(photos, out, "--epochs", "2", "--batch-size", "2", *OPTIMIZERS[optimizer],  # noqa: E731
                              workers=workers)
+    sigterm_mid_epoch_then_resume_matches_straight(argv, tmp_path)
+
+
+def sigterm_mid_epoch_then_resume_matches_straight(argv, tmp_path) -> None:
+    """Train argv(tmp_path/"straight") through; SIGTERM argv(tmp_path/"resumed") after 3 batches of epoch 0, run it
+    again, and check both end with the same checkpointed state and history."""
     run_script("finetune.py", *argv(tmp_path / "straight"))
     interrupted = _start(argv(tmp_path / "resumed"))
     stderr = _signal_when_progress(interrupted, batches=3)
