@@ -32,6 +32,7 @@ def _rows(text: str, first_cell: str) -> list[list[str]]:
             if line.startswith(f"| {first_cell}")]
 
 
+@pytest.mark.slow  # minutes on the slower CI machine: CI's first step runs it, the floors step does not
 def test_benchmark_compares_both_loaders_at_each_scale_and_appends_its_command(tmp_path):
     photos = make_image_folder(tmp_path / "photos", per_class=(6, 2), size=(120, 90), splits=("train", "test"))
     output = tmp_path / "BENCHMARKS.md"
@@ -57,6 +58,7 @@ def test_benchmark_compares_both_loaders_at_each_scale_and_appends_its_command(t
     assert [row[1] for row in builds] == ["16", "28"]  # train + the 4 test images, decoded once
 
 
+@pytest.mark.slow  # minutes on the slower CI machine: CI's first step runs it, the floors step does not
 def test_benchmark_trains_the_chapters_loop_and_ours_side_by_side_in_the_precision_a_run_picks(tmp_path):
     photos = make_image_folder(tmp_path / "photos", per_class=(4, 2), size=(120, 90))
     output = tmp_path / "BENCHMARKS.md"

@@ -220,6 +220,7 @@ def _run_row(script: str, option: str, argv: list[str], places: dict, cwd: Path)
     return f"{script} {' '.join(args)} ({option}): exit {result.returncode}\n{result.stderr[-1500:]}"
 
 
+@pytest.mark.slow  # minutes on the slower CI machine: CI's first step runs it, the floors step does not
 def test_every_bad_option_is_one_error_line_and_exit_2(places, tmp_path):
     rows = all_rows()
     with ThreadPoolExecutor(max_workers=4) as pool:
