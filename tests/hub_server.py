@@ -8,8 +8,13 @@ Storage under ``root``: ``blobs/<sha256>`` (content-addressed file bytes), ``<ty
 with ``meta.json`` (private flag, branch refs) and ``commits/<sha>.json`` (parent, message and the
 full ``path -> blob`` map). Every commit is a full snapshot, so old shas stay resolvable.
 
-Every file is stored "regular" (inline base64 in the commit NDJSON): preupload answers
-``uploadMode: regular`` and resolve never sends ``X-Xet-*`` headers, so neither LFS nor Xet is used.
+Files are stored "regular" (inline base64 in the commit NDJSON), except data shards (``LFS_SUFFIXES``):
+for those preupload answers ``uploadMode: lfs`` and the client uploads the bytes first through the LFS batch
+API (basic transfer: one PUT), as on the Hub, where ``datasets``' ``push_to_hub`` relies on it (it deletes
+each shard once uploaded, before the commit). Resolve never sends ``X-Xet-*`` headers, so Xet is never used.
+
+Dataset repos serve what ``datasets.load_dataset("org/name", streaming=True)`` and ``HfFileSystem``
+(``hf://datasets/...``) call: repo info, tree / paths-info listings and resolve with Range requests.
 
 Standalone: ``python tests/hub_server.py --root DIR --port 8765 [--seed-lite0]``.
 """
@@ -35,6 +40,10 @@ URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 API_RE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)"
                     r"(?:/(revision|tree|commits|preupload|commit|paths-info)/([^/]+)(/.*)?)?$")
 RESOLVE_RE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+LFS_BATCH_RE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)\.git/info/lfs/objects/batch$")
+LFS_UPLOAD_RE = re.compile(r"^/lfs-upload/([0-9a-f]{64})$")
+# The Hub's default .gitattributes puts these in LFS (they are the shards `datasets` writes); other files are not.
+LFS_SUFFIXES = (".parquet", ".arrow", ".tar")
 from paths import LITE0_WEIGHTS as LITE0
 
 
@@ -205,6 +214,10 @@ class LocalHub:
                 rtype = TYPES[m[1]] if m[1] else "model"
                 repo_id, rev, fname = (urllib.parse.unquote(g) for g in m.group(2, 3, 4))
                 return self._resolve_file(rtype, repo_id, rev, fname, auth, method, headers.get("Range"))
+            if m := LFS_BATCH_RE.match(path):
+                return self._lfs_batch(json.loads(body), auth)
+            if m := LFS_UPLOAD_RE.match(path):
+                return self._lfs_upload(m[1], body)
             if path == "/api/whoami-v2":
                 if not auth:
                     raise HubError(401, None, "Invalid credentials in Authorization header")
@@ -260,7 +273,9 @@ class LocalHub:
         f = c["files"].get(fname)
         if f is None:  # X-Repo-Commit lets the client cache the absence of the file
             raise HubError(404, "EntryNotFound", f"{fname} does not exist on {rev}", commit=c["id"])
-        hdrs = {"X-Repo-Commit": c["id"], "ETag": f'"{f["oid"]}"', "Accept-Ranges": "bytes",
+        # The Hub's ETag of an LFS file is its sha256 (the LFS oid), of any other file its git oid.
+        etag = f["sha256"] if fname.endswith(LFS_SUFFIXES) else f["oid"]
+        hdrs = {"X-Repo-Commit": c["id"], "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
                 "Content-Type": "application/octet-stream"}
         data = b"" if method == "HEAD" else self._blob(f["sha256"])
         size, status = f["size"], 200
@@ -291,7 +306,8 @@ class LocalHub:
         if action == "preupload":
             req = json.loads(body)
             return self._json({"commitOid": c["id"], "files": [
-                {"path": x["path"], "uploadMode": "regular", "shouldIgnore": False,
+                {"path": x["path"], "uploadMode": "lfs" if x["path"].endswith(LFS_SUFFIXES) else "regular",
+                 "shouldIgnore": False,
                  "oid": files[x["path"]]["oid"] if x["path"] in files else None} for x in req["files"]]})
         if action == "tree":
             recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
@@ -306,6 +322,26 @@ class LocalHub:
             return self._json([{"id": cc["id"], "title": cc["title"], "message": cc["message"], "date": cc["date"],
                                 "authors": [{"user": USER}]} for cc in self._history(rtype, repo_id, c)])
         raise HubError(405, None, f"{method} not supported on {action}")
+
+    def _lfs_batch(self, req: dict, auth):
+        """The LFS batch API, basic transfer: each object not stored yet gets a PUT to /lfs-upload/<sha256>."""
+        if not auth:
+            raise HubError(401, None, "Write access requires a token")
+        objects = []
+        for obj in req["objects"]:
+            if (self.root / "blobs" / obj["oid"]).exists():
+                objects.append({"oid": obj["oid"], "size": obj["size"]})  # no actions: already uploaded
+            else:
+                objects.append({"oid": obj["oid"], "size": obj["size"],
+                                "actions": {"upload": {"href": f"{self.url}/lfs-upload/{obj['oid']}"}}})
+        return self._json({"transfer": "basic", "objects": objects})
+
+    def _lfs_upload(self, sha256: str, body: bytes):
+        if hashlib.sha256(body).hexdigest() != sha256:
+            raise HubError(400, None, f"The uploaded bytes do not hash to {sha256}")
+        with self._lock:
+            self._put_blob(body)
+        return self._json({})
 
     def _apply_commit(self, rtype, repo_id, rev, body: bytes) -> dict:
         head = self._resolve(rtype, repo_id, rev)
@@ -325,10 +361,12 @@ class LocalHub:
             elif key == "deletedFolder":
                 prefix = v["path"].rstrip("/") + "/"
                 files = {p: f for p, f in files.items() if not p.startswith(prefix)}
-            elif key == "lfsFile" and (self.root / "blobs" / v["oid"]).exists():  # only re-uses known blobs
+            elif key == "lfsFile":
+                if not (self.root / "blobs" / v["oid"]).exists():
+                    raise HubError(400, None, f"LFS object {v['oid']} of {v['path']} was never uploaded")
                 files[v["path"]] = self._put_blob(self._blob(v["oid"]))
             else:
-                raise HubError(400, None, f"Unsupported commit operation {key} (this hub has no LFS storage)")
+                raise HubError(400, None, f"Unsupported commit operation {key}")
         if header.get("parentCommit") not in (None, head["id"]):
             raise HubError(412, None, "A commit has happened since parentCommit. Please retry.")
         sha = self._write_commit(rtype, repo_id, rev, files, header.get("summary", ""),
@@ -349,6 +387,8 @@ def _tree(files: dict, base: str, recursive: bool) -> list[dict]:
             out.setdefault(d, {"type": "directory", "path": d, "size": 0, "oid": hashlib.sha1(d.encode()).hexdigest()})
         if recursive or len(parts) == 1:
             out[p] = {"type": "file", "path": p, "size": f["size"], "oid": f["oid"]}
+            if p.endswith(LFS_SUFFIXES):
+                out[p]["lfs"] = {"oid": f["sha256"], "size": f["size"], "pointerSize": 134}
     return list(out.values())
 
 

@@ -240,3 +240,46 @@ def test_raw_http_headers_and_ranges(hub, tmp_path):
         opener.open(f"{hub.url}/alice/raw/resolve/{sha}/nope.txt")
     assert e.value.code == 404 and e.value.headers["X-Error-Code"] == "EntryNotFound"
     assert e.value.headers["X-Repo-Commit"] == sha
+
+
+def test_data_shards_go_up_through_lfs_and_come_back_by_range(hub, client, tmp_path):
+    shard = bytes(range(256)) * 40
+    _write(tmp_path, {"train.parquet": shard})
+    res = client("""
+        from huggingface_hub import HfFileSystem
+        api.create_repo("alice/shards", repo_type="dataset")
+        first = api.upload_file(path_or_fileobj="train.parquet", path_in_repo="data/train-0.parquet",
+                                repo_id="alice/shards", repo_type="dataset")
+        again = api.upload_file(path_or_fileobj="train.parquet", path_in_repo="data/copy.parquet",
+                                repo_id="alice/shards", repo_type="dataset")  # same bytes: not sent again
+        tree = {e.path: e.lfs for e in api.list_repo_tree("alice/shards", "data", repo_type="dataset")}
+        with HfFileSystem().open("datasets/alice/shards/data/train-0.parquet", "rb", block_size=1024) as f:
+            f.seek(5000)
+            middle = list(f.read(10))
+        out(tree={p: lfs and [lfs.sha256, lfs.size] for p, lfs in tree.items()}, middle=middle,
+            got=sha(hf_hub_download("alice/shards", "data/train-0.parquet", repo_type="dataset")))
+    """)
+    digest = hashlib.sha256(shard).hexdigest()
+    assert res["got"] == digest and res["middle"] == list(shard[5000:5010])
+    assert res["tree"] == {"data/train-0.parquet": [digest, len(shard)], "data/copy.parquet": [digest, len(shard)]}
+    assert [(m, s) for m, p, s in hub.requests if p.startswith("/lfs-upload/")] == [("PUT", 200)]
+    assert ("POST", "/datasets/alice/shards.git/info/lfs/objects/batch", 200) in hub.requests
+    assert any(m == "GET" and s == 206 and p.endswith("/train-0.parquet") for m, p, s in hub.requests)
+
+
+def test_lfs_rejects_bytes_that_do_not_match_and_commits_of_objects_never_uploaded(hub, tmp_path):
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with pytest.raises(urllib.error.HTTPError) as e:
+        opener.open(urllib.request.Request(f"{hub.url}/lfs-upload/{'0' * 64}", data=b"not those bytes", method="PUT"))
+    assert e.value.code == 400
+    (tmp_path / "empty").mkdir()
+    hub.seed_model_repo("alice/lfs-missing", tmp_path / "empty", repo_type="dataset")
+    lines = [{"key": "header", "value": {"summary": "x", "description": ""}},
+             {"key": "lfsFile", "value": {"path": "a.parquet", "algo": "sha256", "oid": "1" * 64, "size": 3}}]
+    with pytest.raises(urllib.error.HTTPError) as e:
+        opener.open(urllib.request.Request(f"{hub.url}/api/datasets/alice/lfs-missing/commit/main", method="POST",
+                                           data="\n".join(map(json.dumps, lines)).encode(),
+                                           headers={"Authorization": f"Bearer {TOKEN}"}))
+    assert e.value.code == 400 and "never uploaded" in e.value.headers["X-Error-Message"]
+    assert hub.files("alice/lfs-missing", repo_type="dataset") == {}
+    assert len(hub.commits("alice/lfs-missing", "dataset")) == 1  # only the empty first one
