@@ -82,6 +82,22 @@ def hub():
         yield server
 
 
+@pytest.fixture(scope="session")
+def hub_dataset(hub):
+    """Factory: `push(repo_id, train=24, validation=6, num_shards=4, multi_label=False, truncated=())` uploads
+    generated records (tests/stream_data.py) to the local Hub as a dataset repo of parquet shards, with `datasets`'
+    own push_to_hub, and returns the repo id: train ids 0..train-1 in `num_shards` shards, validation ids after
+    them in one. Stream it in this process, or in a subprocess with `hub_env`."""
+    from stream_data import image_records, push_dataset_repo
+
+    def push(repo_id: str, train: int = 24, validation: int = 6, num_shards: int = 4, multi_label: bool = False,
+             truncated=()) -> str:
+        splits = {"train": image_records(train, multi_label=multi_label, truncated=truncated),
+                  "validation": image_records(validation, multi_label=multi_label, first=train)}
+        return push_dataset_repo(repo_id, splits, {"train": num_shards, "validation": 1})
+    return push
+
+
 @pytest.fixture
 def hub_env(hub) -> dict:
     """Environment for a subprocess that talks to the local Hub with a token."""
