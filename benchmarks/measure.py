@@ -9,10 +9,12 @@ import sys
 from benchmarks.chapter import measure_chapter_training
 from benchmarks.loader import measure_cache_build, measure_loader, measure_profile
 from benchmarks.memory import PeakMemory
+from benchmarks.streaming import measure_cached, measure_streamed
 from benchmarks.training import measure_our_training
 
 MEASURES = {"loader": measure_loader, "profile": measure_profile, "cache_build": measure_cache_build,
-            "chapter_training": measure_chapter_training, "our_training": measure_our_training}
+            "chapter_training": measure_chapter_training, "our_training": measure_our_training,
+            "streamed": measure_streamed, "cached": measure_cached}
 
 
 def run_measure(spec: dict) -> None:
