@@ -28,12 +28,17 @@ class Recipe:
     sgd: dict  # lr, momentum, weight_decay when the optimizer is SGD
     batch_size: str  # "chapter" (128) or "small-data" (see small_data_batch_size)
     warmup_fraction: float  # of all optimizer updates
+    # The global batch its LR was measured at. Another batch scales an LR left unset: linearly for SGD (Goyal et
+    # al. 2017; what the chapter's summed loss does by itself), by the square root for AdamW (timm train.py's
+    # --lr-base-size / --lr-base-scale rule). Without it, batch 128 moves each sample 8x less than batch 16.
+    reference_batch: int
 
 
 RECIPES = {
     "lp-ft": Recipe(
         "head warm-up then fine-tune (LP-FT, fastai's fine_tune): 5 epochs, the first 2 (at most half of "
-        "--epochs) head-only, then every layer; SGD momentum 0.9, lr 2e-4, head x10, layer-wise LR decay "
+        "--epochs) head-only, then every layer; SGD momentum 0.9, lr 2e-4 at batch 16 (scaled with the batch), "
+        "head x10, layer-wise LR decay "
         f"{LAYER_DECAY:g}, cosine LR with 10% warm-up, label smoothing 0.1, BatchNorm statistics kept (small "
         "batches: at most 1/8 of the folder); with --no-pretrained no head-only epochs, no layer decay and "
         "BatchNorm statistics trained",
@@ -43,14 +48,14 @@ RECIPES = {
         # Momentum 0.9 at batch 16 moves ~10x further per sample than the chapter's plain SGD at 128: a ~30x
         # lower LR than its 6.4e-3 (measured on hotdog-mini: 1e-3 and 2e-3 lose accuracy once the backbone trains).
         {"lr": 2e-4, "momentum": 0.9, "weight_decay": 1e-4},
-        batch_size="small-data", warmup_fraction=0.1),
+        batch_size="small-data", warmup_fraction=0.1, reference_batch=16),
     "d2l": Recipe(
         "the d2l Fine-Tuning chapter: plain SGD, constant LR, head x10, batch 128, 5 epochs",
         {"optimizer": "sgd", "head_lr_mult": 10.0, "lr_scheduler": "constant", "epochs": 5, "freeze_epochs": 0,
          "label_smoothing": 0.0, "freeze_bn": False},
         # The chapter's 5e-5 and 1e-3 are for its summed loss at batch 128; here the loss is the mean.
         {"lr": 5e-5 * 128, "momentum": 0.0, "weight_decay": 1e-3 / 128},
-        batch_size="chapter", warmup_fraction=0.0),
+        batch_size="chapter", warmup_fraction=0.0, reference_batch=128),
 }
 DEFAULT_RECIPE = "lp-ft"
 # What a random backbone (--no-pretrained) gets instead of the recipe's values, for options left unset: the
@@ -66,11 +71,17 @@ def get_recipe(name: str) -> Recipe:
 
 
 def backbone_lr(config) -> float:
-    """The backbone LR a run of `config` trains at: --lr, else the recipe's for its optimizer (the one recipe
-    value that compare.py's scratch variant needs before any data is loaded)."""
+    """The backbone LR a run of `config` trains at: --lr, else the recipe's for its optimizer at the recipe's
+    reference batch (the one recipe value that compare.py's scratch variant needs before any data is loaded)."""
     recipe = get_recipe(config.recipe)
     optimizer = config.optimizer or recipe.values["optimizer"]
     return config.lr or (recipe.sgd if optimizer == "sgd" else ADAMW_DEFAULTS)["lr"]
+
+
+def scale_lr(lr: float, batch_size: int, reference_batch: int, optimizer: str) -> float:
+    """`lr`, measured at `reference_batch`, for `batch_size`: linear for SGD, square root for AdamW."""
+    ratio = batch_size / reference_batch
+    return lr * (ratio if optimizer == "sgd" else math.sqrt(ratio))
 
 
 def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bool,
@@ -83,6 +94,7 @@ def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bo
     replaced = {} if pretrained else SCRATCH_VALUES
     filled = _fill(config, {name: value for name, value in recipe.values.items() if name not in replaced})
     adjusted = _adjust(config, recipe.values, replaced, "the backbone is random (--no-pretrained)")
+    lr_unset = config.lr is None
     filled |= _fill(config, recipe.sgd if config.optimizer == "sgd" else ADAMW_DEFAULTS)
     if config.momentum is None:  # AdamW has none; the field stays a number for the card and run_config
         filled |= _fill(config, {"momentum": 0.0})
@@ -93,6 +105,12 @@ def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bo
     shares = num_processes * config.gradient_accumulation_steps
     size = 128 if recipe.batch_size == "chapter" else small_data_batch_size(train_size)
     filled |= _fill(config, {"batch_size": math.ceil(size / shares) * shares})
+    if lr_unset and config.batch_size != recipe.reference_batch:
+        measured = config.lr
+        config.lr = filled["lr"] = scale_lr(measured, config.batch_size, recipe.reference_batch, config.optimizer)
+        rule = "linearly" if config.optimizer == "sgd" else "by the square root"
+        adjusted["lr"] = (f"{config.lr:g}, not the recipe's {measured:g}: scaled {rule} with the batch "
+                          f"({config.batch_size} vs the {recipe.reference_batch} it was measured at)")
     # Updates per epoch: Accelerate pads each process to the same number of batches, and the last accumulation
     # of an epoch steps too, so ceil(ceil(ceil(N / per device) / processes) / accumulation) = ceil(N / batch).
     total_updates = math.ceil(train_size / config.batch_size) * config.epochs

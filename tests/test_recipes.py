@@ -10,7 +10,7 @@ from conftest import make_image_folder, resolved, run_script
 from hf_finetune.config import FinetuneConfig, parse_config
 from hf_finetune.errors import UserError
 from hf_finetune.model.optim import create_param_groups
-from hf_finetune.recipes import small_data_batch_size
+from hf_finetune.recipes import describe_recipe, small_data_batch_size
 
 
 def test_d2l_recipe_is_the_chapter():
@@ -51,6 +51,21 @@ def test_the_recipes_layer_decay_is_off_for_a_model_without_timm_layer_groups():
     assert len(create_param_groups(plain, config)) == 2  # backbone and head, as without the recipe's decay
     given = resolved(parse_config(["--layer-decay", "0.8"]), layer_groups=hasattr(plain, "group_matcher"))
     assert given.layer_decay == 0.8  # a flag given by hand is never dropped: layer_depths refuses the model
+
+
+def test_an_unset_lr_scales_with_the_batch_linearly_for_sgd_and_by_the_square_root_for_adamw():
+    # lp-ft's 2e-4 was measured at batch 16; 1,000 photos give batch 64: 4x the samples per update, 4x the step.
+    config = resolved(parse_config([]), train_size=1000)
+    assert config.batch_size == 64 and config.lr == pytest.approx(8e-4) and config.recipe_values["lr"] == config.lr
+    assert "lr 0.0008, not the recipe's 0.0002: scaled linearly with the batch (64 vs the 16" in describe_recipe(
+        "lp-ft", config.recipe_values, config.recipe_adjusted)
+    assert resolved(parse_config(["--batch-size", "32"]), train_size=200).lr == pytest.approx(4e-4)
+    assert resolved(parse_config(["--optimizer", "adamw", "--batch-size", "64"])).lr == pytest.approx(2e-4)
+    # The chapter's lr is per sample (its loss is summed): at batch 256 it is 2 x 6.4e-3 with a mean loss.
+    assert resolved(parse_config(["--recipe", "d2l", "--batch-size", "256"])).lr == pytest.approx(1.28e-2)
+    accumulated = resolved(parse_config(["--gradient-accumulation-steps", "3"]), train_size=1000, num_processes=2)
+    assert accumulated.lr == pytest.approx(2e-4 * 66 / 16)  # the global batch counts
+    assert resolved(parse_config(["--lr", "1e-3"]), train_size=1000).lr == 1e-3  # a given LR is never scaled
 
 
 def test_recipe_batch_size_is_a_multiple_of_processes_times_accumulation():

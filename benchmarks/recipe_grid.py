@@ -1,0 +1,106 @@
+"""The recipe grid behind ACCURACY.md: each (data, image size, epochs, variant, seed) cell is one ordinary run.
+
+    python -m benchmarks.recipe_grid --data food101-30=../shared/data/food101-30 --img-size 64 --epochs 3 \
+        --variant d2l="--recipe d2l" --variant default="" --seeds 0 1 2 --results grid.jsonl
+    python -m benchmarks.recipe_grid --results grid.jsonl --table      # the markdown rows for ACCURACY.md
+
+Every run is `python -m hf_finetune` from lite0's real ImageNet weights with the variant's flags, one at a time.
+Each finished cell appends one JSON line (its command, the saved model's eval accuracy, every epoch's, wall
+seconds, load average at start, CPU model, date) and is skipped when the results file already has it, so an
+interrupted grid goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks import REPO
+
+LITE0 = REPO.parent / "shared" / "weights" / "tf_efficientnet_lite0.in1k"
+
+
+def run_cell(data: str, root: str, img_size: int, epochs: int, variant: str, flags: str, seed: int,
+             work: Path) -> dict:
+    from hf_finetune.hardware import cpu_model
+
+    output = work / f"{data}-{img_size}-{epochs}-{variant}-{seed}"
+    command = [sys.executable, "-m", "hf_finetune", "--model", f"local-dir:{LITE0}", "--data-dir", root,
+               "--img-size", str(img_size), "--epochs", str(epochs), "--seed", str(seed), "--output-dir",
+               str(output), "--cache-dir", str(work / "cache"), "--resume", "none", *shlex.split(flags)]
+    load, start = os.getloadavg()[0], time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    metrics = json.loads((output / "metrics.json").read_text())
+    run_config = json.loads((output / "run_config.json").read_text())
+    selected = metrics["selected"]["selected"]["epoch"]
+    return {"data": data, "img_size": img_size, "epochs": epochs, "variant": variant, "seed": seed,
+            "flags": flags, "command": shlex.join(command[1:]), "selected_epoch": selected,
+            "eval_acc": next(row["eval_acc"] for row in metrics["history"] if row["epoch"] == selected),
+            "epoch_acc": [row["eval_acc"] for row in metrics["history"]],
+            "recipe": run_config.get("recipe", {}).get("values"), "seconds": time.perf_counter() - start,
+            "load_at_start": load, "cpu": cpu_model(), "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}
+
+
+def cell_key(row: dict) -> tuple:
+    return row["data"], row["img_size"], row["epochs"], row["variant"], row["seed"]
+
+
+def table(rows: list[dict]) -> str:
+    """One markdown row per (data, size, epochs, variant): mean and per-seed accuracy of the saved model."""
+    cells = defaultdict(list)
+    for row in rows:
+        cells[cell_key(row)[:4]].append(row)
+    lines = ["| data | px | epochs | variant | mean eval acc | per seed (selected epoch) | seconds per run |",
+             "|---|---|---|---|---|---|---|"]
+    for (data, size, epochs, variant), runs in sorted(cells.items()):
+        runs.sort(key=lambda row: row["seed"])
+        seeds = " / ".join(f"{row['eval_acc']:.3f} ({row['selected_epoch']})" for row in runs)
+        seconds = " / ".join(f"{row['seconds']:.0f}" for row in runs)
+        lines.append(f"| {data} | {size} | {epochs} | {variant} | **{statistics.mean(r['eval_acc'] for r in runs):.3f}**"
+                     f" | {seeds} | {seconds} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", action="append", default=[], help="NAME=FOLDER (repeatable)")
+    parser.add_argument("--img-size", type=int, nargs="+", default=[64])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[5])
+    parser.add_argument("--variant", action="append", default=[], help='NAME="FLAGS" (repeatable)')
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--results", required=True, help="JSON lines file the cells are appended to")
+    parser.add_argument("--work", default="/tmp/recipe_grid", help="run folders and the shared decode cache")
+    parser.add_argument("--table", action="store_true", help="print the results file as markdown and stop")
+    args = parser.parse_args()
+    results = Path(args.results)
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    if args.table:
+        print(table(rows))
+        return
+    done = {cell_key(row) for row in rows}
+    for data, root in (item.split("=", 1) for item in args.data):
+        for size in args.img_size:
+            for epochs in args.epochs:
+                for seed in args.seeds:  # seeds outermost within a cell group: a cut-short grid has every variant
+                    for variant, flags in (item.split("=", 1) for item in args.variant):
+                        if (data, size, epochs, variant, seed) in done:
+                            continue
+                        row = run_cell(data, root, size, epochs, variant, flags, seed, Path(args.work))
+                        with results.open("a") as file:
+                            file.write(json.dumps(row) + "\n")
+                        print(f"{data} {size}px {epochs}ep {variant} seed {seed}: {row['eval_acc']:.3f} "
+                              f"(epoch {row['selected_epoch']}, {row['seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
