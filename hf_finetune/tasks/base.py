@@ -9,7 +9,7 @@ A task turns labels into training targets and scores logits against them (`train
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import torch
 
@@ -33,7 +33,7 @@ class Task(Protocol):
     card_rows: Sequence[tuple[str, str]]  # the card's results table: (metrics key, row title)
     class_weights: Optional[torch.Tensor]  # the loss's weight per label, or None (recorded in run_config.json)
     default_select_metric: str  # --select-metric when unset
-    temperature_scaling: bool  # --calibrate temperature applies (one temperature fitted on the eval split)
+    temperature_scaling: bool  # --calibrate temperature applies (fit_temperature on the eval split)
     history_columns: Sequence[tuple[str, str]]  # metrics.json's eval columns: (metrics key, column suffix)
     per_label_key: str  # the create_metrics().compute() key of the per-label scores
     card_per_label: Sequence[tuple[str, str]]  # the card's per-label table: (per-label score key, column title)
@@ -68,6 +68,17 @@ class Task(Protocol):
     def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
                            k: int) -> list[tuple[int, int, float]]:
         """The (at most) k most confident wrong decisions: (sample index, predicted label, its score)."""
+
+    def fit_temperature(self, logits: torch.Tensor, labels: torch.Tensor) -> Union[float, list[float]]:
+        """Temperature scaling fitted on these (the selection split's plain) logits: what the classifier is
+        divided by, one temperature or one per output."""
+
+    def calibration_numbers(self, logits: torch.Tensor, labels: torch.Tensor,
+                            temperature: Union[float, list[float]]) -> dict:
+        """ECE, NLL and reliability bins of `logits` before and after dividing them by `temperature`."""
+
+    def scale_decisions(self, temperature: Union[float, list[float]]) -> None:
+        """Re-express the decisions for logits divided by `temperature`, so that none changes."""
 
     def fit_decisions(self, metrics: Metrics, fixed_threshold: Optional[float] = None) -> bool:
         """Fit the decisions to the scores `metrics` gathered (the selection split's); True when they changed,
