@@ -113,6 +113,7 @@ def run_images(run_dir: Path) -> tuple[list[tuple[Path, Labels]], list[tuple[Pat
     """(path, class folder name, or a manifest's list of label names) of the train and eval images of the run's
     local image folder or manifests."""
     from hf_finetune.data.folders import find_splits
+    from hf_finetune.data.manifest import recorded_manifest_rows
 
     record = run_dir / "run_config.json"
     if not record.is_file():
@@ -120,9 +121,12 @@ def run_images(run_dir: Path) -> tuple[list[tuple[Path, Labels]], list[tuple[Pat
                         "pass the run's --output-dir")
     run = json.loads(record.read_text())
     config = run.get("config", {})
-    manifests = run_manifests(config)
+    manifests = recorded_manifest_rows(config)
     if manifests is not None:
-        return manifests
+        if "eval" not in manifests:
+            raise UserError("--quantize int8 checks the int8 model on the run's eval manifest, and this run held its "
+                            "eval images out of train: train with an eval manifest (val.csv, --eval-file)")
+        return manifests["train"], manifests["eval"]
     data_dir = config.get("data_dir")
     if not data_dir or not Path(data_dir).is_dir():
         raise UserError(f"--quantize int8 needs the run's local image folder ({data_dir or 'a Hub dataset'} is not "
@@ -131,27 +135,6 @@ def run_images(run_dir: Path) -> tuple[list[tuple[Path, Labels]], list[tuple[Pat
     if eval_dir is None:
         raise UserError(f"{data_dir} has no eval split folder: --quantize int8 checks the int8 model on one")
     return labelled_files(train_dir), labelled_files(eval_dir)
-
-
-def run_manifests(config: dict) -> Optional[tuple[list[tuple[Path, list[str]]], list[tuple[Path, list[str]]]]]:
-    """(path, label names) of the rows of the run's train and eval manifests; None for a run without manifests."""
-    from types import SimpleNamespace
-
-    from hf_finetune.data.manifest import load_manifest, manifest_files
-
-    root = Path(config["data_dir"]).expanduser() if config.get("data_dir") else None
-    found = manifest_files(SimpleNamespace(**{key: config.get(key) for key in (
-        "train_file", "eval_file", "test_file", "eval_split")}, train_split=config.get("train_split") or "train"),
-        root)
-    if found is None:
-        return None
-    if "eval" not in found[0]:
-        raise UserError("--quantize int8 checks the int8 model on the run's eval manifest, and this run held its "
-                        "eval images out of train: train with an eval manifest (val.csv, --eval-file)")
-    rows = {key: load_manifest(found[0][key], config.get("image_column"), config.get("label_column"),
-                               config.get("label_delimiter"), None) for key in ("train", "eval")}
-    return tuple([(Path(image), list(labels)) for image, labels in zip(rows[key]["image"], rows[key]["label"])]
-                 for key in ("train", "eval"))
 
 
 def labelled_files(split_dir: Path) -> list[tuple[Path, str]]:

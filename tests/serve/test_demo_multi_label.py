@@ -1,5 +1,6 @@
 """The demo page and its Space for a multi-label model (issue 23.3): sigmoid scores, one per label, as bars, and
-the labels at or above their thresholds; the Space's app.py reads problem_type and thresholds from config.json."""
+the labels at or above their thresholds, with examples from the eval manifest; the Space's app.py reads
+problem_type and thresholds from config.json."""
 
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def test_the_page_gives_predict_py_sigmoid_scores_and_decisions(trained, tmp_pat
         stop(process)
     texts = " ".join(str(component.get("props", {}).get("value")) for component in page["components"])
     assert f"**mAP:** {json.loads((run / 'metrics.json').read_text())['selected']['eval']['map']:.4f}" in texts
+    examples = [component for component in page["components"] if component.get("type") == "dataset"]
+    assert examples and "0.jpg" in json.dumps(examples[0]["props"])  # the first rows of the eval manifest
     assert sorted(scores) == sorted(MULTI_LABELS)
     assert scores == pytest.approx(expected, abs=1e-6)
     assert abs(sum(scores.values()) - 1) > 1e-3  # a sigmoid per label, not a softmax
