@@ -33,7 +33,7 @@ class Task(Protocol):
     card_rows: Sequence[tuple[str, str]]  # the card's results table: (metrics key, row title)
     class_weights: Optional[torch.Tensor]  # the loss's weight per label, or None (recorded in run_config.json)
     default_select_metric: str  # --select-metric when unset
-    temperature_scaling: bool  # --calibrate temperature applies (fit_temperature on the eval split)
+    temperature_scaling: bool  # --calibrate temperature applies (one temperature fitted on the eval split)
     history_columns: Sequence[tuple[str, str]]  # metrics.json's eval columns: (metrics key, column suffix)
     per_label_key: str  # the create_metrics().compute() key of the per-label scores
     card_per_label: Sequence[tuple[str, str]]  # the card's per-label table: (per-label score key, column title)
@@ -77,8 +77,9 @@ class Task(Protocol):
                             temperature: Union[float, list[float]]) -> dict:
         """ECE, NLL and reliability bins of `logits` before and after dividing them by `temperature`."""
 
-    def scale_decisions(self, temperature: Union[float, list[float]]) -> None:
-        """Re-express the decisions for logits divided by `temperature`, so that none changes."""
+    def scale_decisions(self, temperature: Union[float, list[float]], fixed_threshold: Optional[float] = None) -> None:
+        """Re-express the decisions fitted to the plain scores for logits divided by `temperature`, so that none
+        changes; a `fixed_threshold` (--threshold) is on the saved model's scores and stays."""
 
     def fit_decisions(self, metrics: Metrics, fixed_threshold: Optional[float] = None) -> bool:
         """Fit the decisions to the scores `metrics` gathered (the selection split's); True when they changed,

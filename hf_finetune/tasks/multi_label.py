@@ -67,7 +67,6 @@ class MultiLabel:
         if len(self.thresholds) != len(self.label_names):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.label_names)} labels")
         self.label_smoothing, self.pos_weight = label_smoothing, pos_weight
-        self.thresholds_fixed = thresholds is not None  # given (--threshold, config.json), not tuned here
 
     @property
     def class_weights(self) -> Optional[torch.Tensor]:
@@ -147,8 +146,7 @@ class MultiLabel:
     def fit_decisions(self, metrics: MultiLabelMetrics, fixed_threshold: Optional[float] = None) -> bool:
         """The thresholds: `fixed_threshold` (--threshold) for every label, or tuned on the scores `metrics`
         gathered (the selection split's, for the saved weights); `metrics` then decides with them too."""
-        self.thresholds_fixed = fixed_threshold is not None
-        if self.thresholds_fixed:
+        if fixed_threshold is not None:
             self.thresholds = [fixed_threshold] * len(self.label_names)
         else:
             self.tune_thresholds(*metrics.scores_and_targets())
@@ -173,10 +171,10 @@ class MultiLabel:
     def calibration_numbers(self, logits: torch.Tensor, labels: torch.Tensor, temperature: list[float]) -> dict:
         return label_calibration_numbers(logits, labels, temperature)
 
-    def scale_decisions(self, temperature: list[float]) -> None:
+    def scale_decisions(self, temperature: list[float], fixed_threshold: Optional[float] = None) -> None:
         """Each tuned threshold re-expressed for its label's calibrated score: the same images pass it. A fixed
         --threshold stays: it is on the scores the saved model gives, the calibrated ones."""
-        if not self.thresholds_fixed:
+        if fixed_threshold is None:
             self.thresholds = thresholds_for_temperatures(self.thresholds, temperature)
 
     def tune_thresholds(self, scores: torch.Tensor, targets: torch.Tensor) -> None:

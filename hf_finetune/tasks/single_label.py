@@ -57,7 +57,7 @@ class SingleLabel:
     def calibration_numbers(self, logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:
         return calibration_numbers(logits, labels, temperature)
 
-    def scale_decisions(self, temperature: float) -> None:
+    def scale_decisions(self, temperature: float, fixed_threshold: Optional[float] = None) -> None:
         """The argmax of logits / T is the argmax of the logits: nothing to re-express."""
 
     def fit_decisions(self, metrics: ClassificationMetrics, fixed_threshold: Optional[float] = None) -> bool:

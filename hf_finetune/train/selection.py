@@ -204,7 +204,7 @@ def calibrate_selected(parts: TrainingParts, plain: dict, test_loader: Optional[
         logits["test"] = evaluate(parts, loader=test_loader, keep_logits=True)
     temperature = task.fit_temperature(plain["logits"], plain["labels"])
     apply_temperature(unwrap(parts.model), temperature)
-    task.scale_decisions(temperature)
+    task.scale_decisions(temperature, parts.config.threshold)
     fitted = {"temperature": temperature} if isinstance(temperature, float) else \
         {"temperatures": dict(zip(task.label_names, temperature))}
     return {"method": "temperature", **fitted, "fitted_on": "eval", "bins": ECE_BINS,

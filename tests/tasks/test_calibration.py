@@ -143,7 +143,7 @@ def test_the_task_re_expresses_tuned_thresholds_and_keeps_a_fixed_one():
         task.fit_decisions(metrics, fixed)
         before = task.decisions(logits)
         tuned = list(task.thresholds)
-        task.scale_decisions(temperatures)
+        task.scale_decisions(temperatures, fixed)
         if fixed is None:  # the same decisions on the calibrated logits
             assert task.thresholds == thresholds_for_temperatures(tuned, temperatures)
             assert torch.equal(task.decisions(logits / torch.tensor(temperatures)), before)
