@@ -311,8 +311,9 @@ class FinetuneConfig:
     calibrate: Literal["temperature", "none"] = _doc(
         "'temperature': after selection, fit one temperature T on the eval split's logits of the saved weights "
         "(minimum NLL; Guo et al. 2017) and divide the classifier's weight and bias by it, so every consumer of "
-        "the saved model gets calibrated probabilities (the argmax is unchanged); ECE and NLL before and after "
-        "go to metrics.json, calibration.png and the card. 'none': save the weights as trained.",
+        "the saved model gets calibrated probabilities (the argmax is unchanged; multi-label: one T per label, "
+        "tuned thresholds re-expressed, so no decision changes); ECE and NLL before and after go to "
+        "metrics.json, calibration.png and the card. 'none': save the weights as trained.",
         default="temperature",
     )
 

@@ -21,9 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantize", choices=["int8"],
                         help="Also write model.int8.onnx (onnxruntime static quantization, QDQ, per-channel int8 "
                              "weights) calibrated on 300 of the run's training images, and keep it only if its "
-                             "top-1 label agrees with model.onnx's on >= 98%% of the run's eval split "
-                             "(model.int8.json records both accuracies). SOURCE must be a run whose image folder "
-                             "is here.")
+                             "top-1 label agrees with model.onnx's on >= 98%% of the run's eval split, or, for a "
+                             "multi-label model, if its eval mAP is at most 1 point below model.onnx's "
+                             "(model.int8.json records both accuracies or mAPs). SOURCE must be a run whose image "
+                             "folder or manifests are here.")
     parser.add_argument("--push-to-hub", metavar="REPO",
                         help="Add model.onnx + preprocessor.json (and, from a run folder, the card with onnxruntime "
                              "usage) to this model repo in one commit. The token comes from HF_TOKEN or "
@@ -59,11 +60,7 @@ def main() -> None:
         from hf_finetune.publish.quantize import quantize_int8
 
         int8 = quantize_int8(Path(args.source), result.onnx_path.parent)
-        accuracy = (f"; eval accuracy fp32 {int8.fp32_accuracy:.4f}, int8 {int8.int8_accuracy:.4f}"
-                    if int8.int8_accuracy is not None else "")
-        print(f"quantized {int8.int8_path}: top-1 agrees with fp32 on {int8.agreement:.1%} of {int8.eval_images} eval "
-              f"images (required {int8.min_agreement:.0%}){accuracy}; calibrated on {int8.calibration_images} "
-              "training images")
+        print(f"quantized {int8.int8_path}: {int8.summary()}; calibrated on {int8.calibration_images} training images")
     if args.push_to_hub:
         from hf_finetune.publish.hub import push_onnx
         from hf_finetune.serve.onnx_model import INT8_FILE, INT8_RECORD

@@ -175,3 +175,24 @@ def manifest_files(config, root: Optional[Path]) -> Optional[tuple[dict[str, Pat
     names = {key: name for key, name in (("train", config.train_split), ("eval", eval_name), ("test", test_name))
              if name}
     return {key: find_manifest(root, name) for key, name in names.items()}, names
+
+
+def recorded_manifest_rows(config: dict, keys=("train", "eval")) -> Optional[dict[str, list[tuple[Path, list]]]]:
+    """{split key: [(image path, label names)]} of a finished run's manifests, found from its run_config.json's
+    `config` as the run found them; None for a run without manifests; a missing split key is absent."""
+    from types import SimpleNamespace
+
+    root = Path(config["data_dir"]).expanduser() if config.get("data_dir") else None
+    options = SimpleNamespace(**{key: config.get(key) for key in ("train_file", "eval_file", "test_file",
+                                                                 "eval_split")},
+                              train_split=config.get("train_split") or "train")
+    found = manifest_files(options, root)
+    if found is None:
+        return None
+    rows = {}
+    for key in keys:
+        if key in found[0]:
+            table = load_manifest(found[0][key], config.get("image_column"), config.get("label_column"),
+                                  config.get("label_delimiter"), None)
+            rows[key] = [(Path(image), list(labels)) for image, labels in zip(table["image"], table["label"])]
+    return rows

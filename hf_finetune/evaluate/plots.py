@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from hf_finetune.tasks.calibration import temperature_summary
+
 MAX_CLASSES = 25
 
 
@@ -127,7 +129,8 @@ def _short(name: str, limit: int = 22) -> str:
 def plot_reliability_diagram(calibration: dict, split_names: dict[str, str], path: Path) -> None:
     """calibration.png: per split in metrics.json's "calibration" (eval, then test), the accuracy of each
     confidence bin before (outline) and after (filled) temperature scaling against the diagonal of perfect
-    calibration, with ECE and NLL in the title (Guo et al. 2017, figure 1)."""
+    calibration, with ECE and NLL in the title (Guo et al. 2017, figure 1); multi-label: the fraction of
+    positives per bin of the pooled sigmoid scores."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on training machines
@@ -146,9 +149,12 @@ def plot_reliability_diagram(calibration: dict, split_names: dict[str, str], pat
             axis.bar(lefts[filled], [accuracy[index] for index in filled], width=width, align="edge",
                      label=_calibration_label(numbers, when), **style)
         axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-        axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="confidence (top-1 probability)", ylabel="accuracy",
-                 title=f"{split_names.get(split, split)} ({numbers['count']} images), T = "
-                       f"{calibration['temperature']:.3f}")
+        # Multi-label (one T per label): every (image, label) pair pooled, its sigmoid score against its outcome.
+        per_label = "temperatures" in calibration
+        axis.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="fraction positive" if per_label else "accuracy",
+                 xlabel="sigmoid score (all image-label pairs)" if per_label else "confidence (top-1 probability)",
+                 title=f"{split_names.get(split, split)} ({numbers['count']} images)\n"
+                       f"{temperature_summary(calibration)}")
         axis.title.set_fontsize(10)
         axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()

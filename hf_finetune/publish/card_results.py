@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 from hf_finetune.tasks import task_of_run
+from hf_finetune.tasks.calibration import temperature_summary
 
 SPLIT_KEYS = ("eval", "test")  # metrics.json "selected" keys, in the order the card lists them
 
@@ -55,25 +56,31 @@ def results_context(run: dict, metrics: dict) -> dict:
         if any(values):
             rows.append([title] + values)
     per_class_split = "test" if "test" in report else "eval"
+    # Multi-label calibration: each label's temperature, a column of the per-label table.
+    temperatures = (report.get("calibration") or {}).get("temperatures")
     return {"calibration": calibration_context(report.get("calibration"), names), "selection": {
         "sentence": _sentence(selected, names, config, metrics, "test" in report)
         + task.decision_sentence(config.get("threshold"), names["eval"]),
         "columns": [name for _, name in columns], "rows": rows, "per_class_split": names[per_class_split],
         "label_word": task.per_label_key.removeprefix("per_"),  # class / label
-        "per_class_header": [title for _, title in task.card_per_label],
+        "per_class_header": [title for _, title in task.card_per_label] + (["temperature"] if temperatures else []),
         "per_class": [[table_cell(name)] + [_value(scores[key]) for key, _ in task.card_per_label]
+                      + ([_value(temperatures[name])] if temperatures else [])
                       for name, scores in report[per_class_split][task.per_label_key].items()],
         "confusion_split": names[per_class_split]}}
 
 
 def calibration_context(calibration: Optional[dict], names: dict) -> Optional[dict]:
-    """The template's `calibration`: the temperature and, per split, ECE (15 bins) and NLL before and after."""
+    """The template's `calibration`: the temperature (or that there is one per label) and, per split, ECE (15
+    bins) and NLL before and after."""
     if not calibration:
         return None
     rows = [[f"`{names[split]}`", *(_value(calibration[split][when][key]) for key in ("ece", "nll")
                                     for when in ("before", "after"))]
             for split in SPLIT_KEYS if split in calibration]
-    return {"temperature": f"{calibration['temperature']:.4f}", "bins": calibration["bins"], "rows": rows,
+    per_label = "temperatures" in calibration
+    return {"per_label": per_label, "temperature": None if per_label else f"{calibration['temperature']:.4f}",
+            "summary": temperature_summary(calibration), "bins": calibration["bins"], "rows": rows,
             "fitted_on": names["eval"]}
 
 

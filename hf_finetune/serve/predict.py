@@ -81,12 +81,17 @@ def predict(classifier: Classifier, images: Sequence[ImageInput], top_k: int = 5
     scores: softmax probabilities for a single-label model)."""
     if not images:
         return []
+    return classifier.task.top_labels(image_logits(classifier, images), top_k)
+
+
+def image_logits(classifier: Classifier, images: Sequence[ImageInput]) -> torch.Tensor:
+    """The model's logits [images, labels] of the images' eval crops (its task turns them into scores and
+    decisions)."""
     with one_thread():
         crops = [eval_crop(classifier.transform, image) for image in images]
     batch = classifier.transform.normalize(torch.stack(crops))
     with torch.no_grad():
-        logits = classifier.model(batch)
-    return classifier.task.top_labels(logits, top_k)
+        return classifier.model(batch)
 
 
 def eval_crop(preprocess: EvalPreprocess, image: ImageInput) -> torch.Tensor:

@@ -9,7 +9,7 @@ A task turns labels into training targets and scores logits against them (`train
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import torch
 
@@ -68,6 +68,18 @@ class Task(Protocol):
     def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
                            k: int) -> list[tuple[int, int, float]]:
         """The (at most) k most confident wrong decisions: (sample index, predicted label, its score)."""
+
+    def fit_temperature(self, logits: torch.Tensor, labels: torch.Tensor) -> Union[float, list[float]]:
+        """Temperature scaling fitted on these (the selection split's plain) logits: what the classifier is
+        divided by, one temperature or one per output."""
+
+    def calibration_numbers(self, logits: torch.Tensor, labels: torch.Tensor,
+                            temperature: Union[float, list[float]]) -> dict:
+        """ECE, NLL and reliability bins of `logits` before and after dividing them by `temperature`."""
+
+    def scale_decisions(self, temperature: Union[float, list[float]], fixed_threshold: Optional[float] = None) -> None:
+        """Re-express the decisions fitted to the plain scores for logits divided by `temperature`, so that none
+        changes; a `fixed_threshold` (--threshold) is on the saved model's scores and stays."""
 
     def fit_decisions(self, metrics: Metrics, fixed_threshold: Optional[float] = None) -> bool:
         """Fit the decisions to the scores `metrics` gathered (the selection split's); True when they changed,

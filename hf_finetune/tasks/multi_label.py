@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from hf_finetune.config import MULTI_LABEL_SELECT_METRICS
 from hf_finetune.errors import UserError
+from hf_finetune.tasks.calibration import (fit_label_temperatures, label_calibration_numbers,
+                                           thresholds_for_temperatures)
 from hf_finetune.tasks.multi_label_metrics import (DEFAULT_THRESHOLD, MultiLabelMetrics, summary_line,
                                                    tune_thresholds)
 from hf_finetune.tasks.tta import mean_logits
@@ -44,7 +46,7 @@ class MultiLabel:
     name = "multi_label"
     select_metrics = MULTI_LABEL_SELECT_METRICS
     default_select_metric = "map"  # threshold-free, and what the card and Kaggle report
-    temperature_scaling = False  # one T per label would be needed: not built yet (README)
+    temperature_scaling = True  # one T per label (tasks/calibration.py)
     # metrics.json's history columns: (metrics key, column suffix); eval_acc is the exact match, as train_acc
     history_columns = (("loss", "loss"), ("exact_match", "acc"), ("count", "count"), ("map", "map"),
                        ("micro_f1", "micro_f1"), ("macro_f1", "macro_f1"), ("hamming_loss", "hamming_loss"),
@@ -162,6 +164,18 @@ class MultiLabel:
         """config.json's entries: transformers' image-classification pipeline applies a sigmoid for this
         problem_type (and timm ignores it); `thresholds`, one per label, for load_classifier and predict."""
         return {"problem_type": "multi_label_classification", "thresholds": list(self.thresholds)}
+
+    def fit_temperature(self, logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+        return fit_label_temperatures(logits, labels)
+
+    def calibration_numbers(self, logits: torch.Tensor, labels: torch.Tensor, temperature: list[float]) -> dict:
+        return label_calibration_numbers(logits, labels, temperature)
+
+    def scale_decisions(self, temperature: list[float], fixed_threshold: Optional[float] = None) -> None:
+        """Each tuned threshold re-expressed for its label's calibrated score: the same images pass it. A fixed
+        --threshold stays: it is on the scores the saved model gives, the calibrated ones."""
+        if fixed_threshold is None:
+            self.thresholds = thresholds_for_temperatures(self.thresholds, temperature)
 
     def tune_thresholds(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
         """Each label's threshold: the best F1 on these scores [samples, labels] (the selection split's)."""

@@ -47,8 +47,9 @@ def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float:
 
 def best_f1_threshold(scores: torch.Tensor, positives: torch.Tensor, default: float = DEFAULT_THRESHOLD) -> float:
     """The threshold (decide positive when score >= it) with the highest F1 of this label; the first maximum
-    from the top, so the fewest positives. It lies halfway to the next lower score, so that the decisions on
-    these samples are the maximizing ones while new scores near the boundary are split evenly. A label
+    from the top, so the fewest positives. It lies halfway to the next lower score (to 0 below the lowest), so
+    that the decisions on these samples are the maximizing ones while new scores near the boundary are split
+    evenly, and no sample sits on it: rescaled scores (per-label temperatures) then keep every decision. A label
     without a positive keeps `default`."""
     distinct, true_positives, false_positives = _ranked(scores.double(), positives.bool())
     total = int(true_positives[-1]) if len(true_positives) else 0
@@ -56,7 +57,7 @@ def best_f1_threshold(scores: torch.Tensor, positives: torch.Tensor, default: fl
         return default
     f1 = 2 * true_positives / (true_positives + false_positives + total)
     best = int(torch.argmax(f1))  # argmax returns the first maximum
-    lower = float(distinct[best + 1]) if best + 1 < len(distinct) else float(distinct[best])
+    lower = float(distinct[best + 1]) if best + 1 < len(distinct) else 0.0
     return (float(distinct[best]) + lower) / 2
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from hf_finetune.config import SELECT_METRICS
 from hf_finetune.errors import UserError
+from hf_finetune.tasks.calibration import calibration_numbers, fit_temperature
 from hf_finetune.tasks.metrics import ClassificationMetrics, summary_line
 from hf_finetune.tasks.objective import TrainingObjective, create_objective
 from hf_finetune.tasks.tta import mean_logits
@@ -49,6 +50,15 @@ class SingleLabel:
         if config is None:
             return cls(label_names)
         return cls(label_names, create_objective(config, train_labels, len(label_names)))
+
+    def fit_temperature(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        return fit_temperature(logits, labels)
+
+    def calibration_numbers(self, logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:
+        return calibration_numbers(logits, labels, temperature)
+
+    def scale_decisions(self, temperature: float, fixed_threshold: Optional[float] = None) -> None:
+        """The argmax of logits / T is the argmax of the logits: nothing to re-express."""
 
     def fit_decisions(self, metrics: ClassificationMetrics, fixed_threshold: Optional[float] = None) -> bool:
         """Argmax needs no fitting."""

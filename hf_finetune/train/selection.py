@@ -24,7 +24,7 @@ from hf_finetune.errors import UserError
 from hf_finetune.model.calibrate import apply_temperature
 from hf_finetune.model.create import unwrap
 from hf_finetune.tasks import Task
-from hf_finetune.tasks.calibration import ECE_BINS, calibration_numbers, fit_temperature
+from hf_finetune.tasks.calibration import ECE_BINS
 
 if TYPE_CHECKING:
     from hf_finetune.train.parts import TrainingParts
@@ -167,15 +167,19 @@ def load_selected(parts: TrainingParts, progress: TrainingProgress) -> dict:
 def final_evaluation(parts: TrainingParts, progress: TrainingProgress) -> dict:
     """The selected weights (calibrated first where the task can be and with --calibrate temperature: the weights
     saved) on the eval split and the test split, if any, plain and with --tta flip. The task fits its decisions
-    to the eval split (multi-label: the per-label thresholds), so every split and the saved model use them."""
+    to the eval split's plain scores (multi-label: the per-label thresholds), so every split and the saved model
+    use them; calibration then re-expresses them for the calibrated scores, changing no decision."""
     selected = load_selected(parts, progress)
     test_loader: Optional[object] = getattr(parts, "test_loader", None)
     calibrate = parts.config.calibrate == "temperature" and parts.task.temperature_scaling
-    calibration = calibrate_selected(parts, test_loader) if calibrate else None
     accumulator = parts.task.create_metrics()
-    evaluation = evaluate(parts, metrics=accumulator)
+    plain = evaluate(parts, metrics=accumulator, keep_logits=calibrate)
+    evaluation = {key: value for key, value in plain.items() if key not in ("logits", "labels")}
     if parts.task.fit_decisions(accumulator, parts.config.threshold):  # the same on every process: gathered
-        evaluation = {**accumulator.compute(), "seconds": evaluation["seconds"]}
+        evaluation = {**accumulator.compute(), "seconds": plain["seconds"]}
+    calibration = calibrate_selected(parts, plain, test_loader) if calibrate else None
+    if calibration is not None:  # the report is the saved (calibrated) model's, as scripts/evaluate.py finds it
+        evaluation = evaluate(parts)
     report = {"selected": selected, "eval": evaluation}
     if test_loader is not None:
         report["test"] = evaluate(parts, loader=test_loader)
@@ -188,19 +192,23 @@ def final_evaluation(parts: TrainingParts, progress: TrainingProgress) -> dict:
     return report
 
 
-def calibrate_selected(parts: TrainingParts, test_loader: Optional[object]) -> dict:
-    """Fit T on the plain logits (never the TTA ones) of the selected weights on the eval split, the split that
-    selected them; divide the model's classifier by it, on every process (the same gathered logits give each
-    the same T). Returns metrics.json's "calibration": T and, per split (the test split scored with the T fitted
-    on eval), ECE, NLL and reliability bins before and after. One more forward pass over eval (and test): the
-    report's own numbers are then the calibrated model's, as scripts/evaluate.py finds them in the saved one."""
-    logits = {"eval": evaluate(parts, keep_logits=True)}
+def calibrate_selected(parts: TrainingParts, plain: dict, test_loader: Optional[object]) -> dict:
+    """Fit the task's temperature(s) on `plain`, the gathered logits (never the TTA ones) of the selected weights
+    on the eval split, the split that selected them; divide the model's classifier by it and re-express the
+    task's decisions, on every process (the same gathered logits give each the same fit). Returns metrics.json's
+    "calibration": the temperature (single-label) or one per label (multi-label) and, per split (the test split
+    scored with what was fitted on eval), ECE, NLL and reliability bins before and after."""
+    task = parts.task
+    logits = {"eval": plain}
     if test_loader is not None:
         logits["test"] = evaluate(parts, loader=test_loader, keep_logits=True)
-    temperature = fit_temperature(logits["eval"]["logits"], logits["eval"]["labels"])
+    temperature = task.fit_temperature(plain["logits"], plain["labels"])
     apply_temperature(unwrap(parts.model), temperature)
-    return {"method": "temperature", "temperature": temperature, "fitted_on": "eval", "bins": ECE_BINS,
-            **{split: calibration_numbers(result["logits"], result["labels"], temperature)
+    task.scale_decisions(temperature, parts.config.threshold)
+    fitted = {"temperature": temperature} if isinstance(temperature, float) else \
+        {"temperatures": dict(zip(task.label_names, temperature))}
+    return {"method": "temperature", **fitted, "fitted_on": "eval", "bins": ECE_BINS,
+            **{split: task.calibration_numbers(result["logits"], result["labels"], temperature)
                for split, result in logits.items()}}
 
 

@@ -35,3 +35,17 @@ def test_a_model_without_a_linear_head_is_a_clear_error():
 def test_a_temperature_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         apply_temperature(nn.Linear(2, 2), 0.0)
+
+
+def test_one_temperature_per_output_divides_each_logit_by_its_own():
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    images = torch.randn(4, 3, 32, 32)
+    temperatures = [2.0, 0.5, 1.25]
+    with torch.no_grad():
+        before = model(images)
+        apply_temperature(model, temperatures)
+        after = model(images)
+    torch.testing.assert_close(after, before / torch.tensor(temperatures), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="2 temperatures for a classifier of 3 outputs"):
+        apply_temperature(model, [1.0, 2.0])

@@ -1,5 +1,6 @@
 """int8 ONNX (scripts/export.py --quantize int8): onnxruntime's static QDQ quantization of a finished run, kept only
-when it agrees with fp32 on the eval split, and served by `predict.py --onnx --int8`."""
+when it agrees with fp32 on the eval split (multi-label: when its eval mAP is within 1 point of fp32's), and
+served by `predict.py --onnx --int8`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_script
-from finished_run import make_finished_run
+from finished_run import make_finished_multi_label_run, make_finished_run
 
 from hf_finetune.errors import UserError
 
@@ -70,7 +72,7 @@ def test_int8_below_the_agreement_bound_is_not_kept(quantized, tmp_path):
     export_dir.mkdir()
     for name in ("model.onnx", "preprocessor.json"):
         (export_dir / name).write_bytes((run / name).read_bytes())
-    with pytest.raises(UserError, match=r"agrees with fp32 on the top-1 label of .* below the required 101%"):
+    with pytest.raises(UserError, match=r"top-1 agrees with fp32 on .* \(required 101%\).*not kept"):
         quantize_int8(run, export_dir, min_agreement=1.01)  # a bound no model can meet
     assert sorted(path.name for path in export_dir.iterdir()) == ["model.onnx", "preprocessor.json"]
     assert digest(export_dir / "model.onnx") == digest(run / "model.onnx")
@@ -119,3 +121,75 @@ def test_the_int8_export_goes_to_the_hub_and_predict_int8_pulls_it_by_name(quant
     for source, name in ((run, "local"), ("tester/int8-model", "hub")):
         run_script("predict.py", source, val, "--onnx", "--int8", "--output", tmp_path / f"{name}.jsonl", env=hub_env)
     assert (tmp_path / "local.jsonl").read_text() == (tmp_path / "hub.jsonl").read_text()
+
+
+@pytest.fixture(scope="module")
+def multi_label_export(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished multi-label run (colour manifests) exported to ONNX; its data folder."""
+    run, data = make_finished_multi_label_run(tmp_path_factory.mktemp("quantize-multi-label") / "run")
+    run_script("export.py", run, "--format", "onnx")
+    return run, data
+
+
+def test_multi_label_export_keeps_int8_exactly_when_its_map_is_within_one_point(multi_label_export, tmp_path):
+    """export.py --quantize int8 on a multi-label run: the decision follows the mAP bound (the tiny model of
+    this test may land on either side of it), and says both mAPs and the decisions' agreement."""
+    import re
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(multi_label_export[0], run)
+    result = run_script("export.py", run, "--format", "onnx", "--quantize", "int8", check=False)
+    found = re.search(r"eval mAP fp32 ([0-9.]+), int8 ([0-9.]+) \(required: at most 1 point below fp32\); every "
+                      r"decision agrees on [0-9.]+% of 8 eval images", result.stdout + result.stderr)
+    assert found, result.stdout + result.stderr
+    drop = float(found.group(1)) - float(found.group(2))
+    if result.returncode == 0:
+        assert drop <= 0.01 + 1e-4 and (run / "model.int8.onnx").is_file()
+    else:
+        assert result.returncode == 2 and result.stderr.startswith("error: the int8 model falls short")
+        assert drop > 0.01 - 1e-4 and not (run / "model.int8.onnx").exists()
+
+
+def test_multi_label_int8_records_its_map_as_predict_int8_scores_it(multi_label_export, tmp_path):
+    """model.int8.json's mAPs (the task's metrics) are those of `--onnx` and `--onnx --int8` predictions of the
+    eval manifest, and its agreement is the share of images whose predicted labels are the same."""
+    import csv
+    import shutil
+
+    from hf_finetune.publish.quantize import quantize_int8
+    from hf_finetune.tasks.multi_label_metrics import average_precision
+
+    run, data = tmp_path / "run", multi_label_export[1]
+    shutil.copytree(multi_label_export[0], run)
+    quantize_int8(run, run, max_map_drop=1.0)  # kept whatever its mAP, to compare what it recorded
+    record = json.loads((run / "model.int8.json").read_text())
+    assert record["eval_images"] == 8 and record["calibration_images"] == 16 and record["max_map_drop"] == 1.0
+    with open(data / "val.csv") as file:
+        truth = {str(data / row["image"]): row["labels"].split() for row in csv.DictReader(file)}
+    predicted = {}
+    for name, flags in (("fp32", ["--onnx"]), ("int8", ["--onnx", "--int8"])):
+        output = tmp_path / f"{name}.jsonl"
+        run_script("predict.py", run, *sorted(truth), "--top-k", "3", "--output", output, *flags)
+        rows = [json.loads(line) for line in output.read_text().splitlines()]
+        predicted[name] = [sorted(row["predicted"]) for row in rows]
+        aps = []
+        for label in ("blue", "green", "red"):
+            scores = torch.tensor([dict(zip(row["labels"], row["probabilities"]))[label] for row in rows])
+            aps.append(average_precision(scores, torch.tensor([label in truth[row["path"]] for row in rows])))
+        assert sum(aps) / 3 == pytest.approx(record[f"{name}_map"], abs=1e-6), name
+    agreement = sum(a == b for a, b in zip(predicted["fp32"], predicted["int8"])) / 8
+    assert agreement == pytest.approx(record["agreement"])
+
+
+def test_multi_label_int8_below_the_map_bound_is_not_kept(multi_label_export, tmp_path):
+    from hf_finetune.publish.quantize import quantize_int8
+
+    run = multi_label_export[0]
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    for name in ("model.onnx", "preprocessor.json"):
+        (export_dir / name).write_bytes((run / name).read_bytes())
+    with pytest.raises(UserError, match=r"eval mAP fp32 .* \(required: at most -100 point below fp32\).*not kept"):
+        quantize_int8(run, export_dir, max_map_drop=-1.0)  # int8 would have to beat fp32 by 100 points
+    assert sorted(path.name for path in export_dir.iterdir()) == ["model.onnx", "preprocessor.json"]

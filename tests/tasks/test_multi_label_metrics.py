@@ -82,7 +82,8 @@ def test_tuned_thresholds_reach_each_labels_best_f1(seed):
 def test_threshold_lies_between_the_decided_scores_and_the_rest():
     scores = torch.tensor([0.9, 0.8, 0.4, 0.2])
     assert best_f1_threshold(scores, torch.tensor([1, 1, 0, 0])) == pytest.approx(0.6)
-    assert best_f1_threshold(scores, torch.tensor([1, 1, 1, 1])) == pytest.approx(0.2)  # all positive: take all
+    # all positive: take all, halfway between the lowest score and 0, so that no sample sits on the threshold
+    assert best_f1_threshold(scores, torch.tensor([1, 1, 1, 1])) == pytest.approx(0.1)
 
 
 def test_one_batch_or_many_give_the_same_result_and_empty_is_none():
