@@ -22,7 +22,8 @@ from hf_finetune.data.folders import find_classes, find_splits, has_images, test
 from hf_finetune.data.label_sets import MULTI_LABEL, SINGLE_LABEL, encode_label_sets
 from hf_finetune.data.labels import class_encoded, class_names, is_label_list, label_set_rows
 from hf_finetune.data.manifest import image_column, load_manifest, manifest_files, warn_shared_images
-from hf_finetune.data.stream import encoded_record, eval_dataset, label_encoder, open_streams, stream_columns, stream_labels
+from hf_finetune.data.stream import (encoded_record, eval_dataset, label_encoder, nested, open_streams, stream_columns,
+                                     stream_labels)
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.subsets import select_samples
 
@@ -223,10 +224,11 @@ def load_stream_data(config: FinetuneConfig) -> ImageData:
     streams, split_names, source = open_streams(config)
     image, label = stream_columns(streams["train"], config)
     features = streams["train"].features
-    label_names, task, why = stream_labels(features[label] if features else None, config)
+    label_names, task, why = stream_labels(nested(features, label) if features else None, config)
     encode = label_encoder(label_names, task)
-    train = (streams["train"].select_columns([image, label]).cast_column(image, datasets.Image(decode=False))
-             .map(partial(encoded_record, image=image, label=label, encode=encode), remove_columns=[image, label]))
+    columns = [image, label.split(".")[0]]
+    train = (streams["train"].select_columns(columns).cast_column(image, datasets.Image(decode=False))
+             .map(partial(encoded_record, image=image, label=label, encode=encode), remove_columns=columns))
     evaluation = eval_dataset(streams["eval"], image, label, encode, task, label_names, config, source)
     splits = streams["train"].info.splits
     size = splits[split_names["train"]].num_examples if splits and split_names["train"] in splits else None

@@ -25,7 +25,9 @@ from hf_finetune.errors import UserError, first_line
 logger = logging.getLogger(__name__)
 
 STREAM_IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp")  # webdataset names a column by extension
-STREAM_LABEL_COLUMNS = ("label", "labels", "cls")
+# webdataset: a `.cls` file per record (an index), or a `.json` one holding the labels (`json.labels`: a dotted name
+# reaches into a record's dict column).
+STREAM_LABEL_COLUMNS = ("label", "labels", "cls", "json.labels", "json.label")
 BUILDERS = {".parquet": "parquet", ".tar": "webdataset"}
 
 
@@ -88,17 +90,26 @@ def _load(load, what: str):
 
 def stream_columns(stream, config: FinetuneConfig) -> tuple[str, str]:
     """The image and label columns of a stream (its features, or its first record's keys when it has none)."""
-    columns = list(stream.features) if stream.features else list(next(iter(stream)))
+    columns = stream.features or next(iter(stream))
 
     def pick(given, candidates, what):
-        name = given or next((c for c in candidates if c in columns), None)
-        if name not in columns:
+        name = given or next((c for c in candidates if nested(columns, c) is not None), None)
+        if name is None or nested(columns, name) is None:
             raise UserError(f"the stream has no {what} column {name or ' or '.join(candidates)}; columns: "
                             f"{', '.join(columns)} (use --{what}-column)")
         return name
 
     return pick(config.image_column, STREAM_IMAGE_COLUMNS, "image"), pick(config.label_column, STREAM_LABEL_COLUMNS,
                                                                           "label")
+
+
+def nested(record, dotted: str):
+    """record["json"]["labels"] for "json.labels" (a record, or features); None where there is no such field."""
+    for key in dotted.split("."):
+        if not hasattr(record, "get"):
+            return None
+        record = record.get(key)
+    return record
 
 
 def given_label_names(option: str) -> list[str]:
@@ -167,7 +178,7 @@ def label_encoder(label_names: list[str], task: str):
 
 def encoded_record(record: dict, image: str, label: str, encode) -> dict:
     """A streamed record as `image` and its encoded `label` (a module function: the loader's workers pickle it)."""
-    return {"image": record[image], "label": encode(record[label])}
+    return {"image": record[image], "label": encode(nested(record, label))}
 
 
 def eval_dataset(stream, image: str, label: str, encode, task: str, label_names: list[str], config, builder: str):
@@ -180,9 +191,8 @@ def eval_dataset(stream, image: str, label: str, encode, task: str, label_names:
     features = datasets.Features({"image": datasets.Image(), "label": names if task == SINGLE_LABEL
                                   else datasets.Sequence(names)})
     if config.max_eval_samples:
-        rows = [{"image": record[image], "label": encode(record[label])}
-                for record in itertools.islice(stream.cast_column(image, datasets.Image(decode=False)),
-                                               config.max_eval_samples)]
+        records = itertools.islice(stream.cast_column(image, datasets.Image(decode=False)), config.max_eval_samples)
+        rows = [encoded_record(record, image, label, encode) for record in records]
         return datasets.Dataset.from_list(rows, features=features)
     cache = str(Path(config.cache_dir) / "datasets") if config.cache_dir else None
     if config.data_files:
@@ -190,7 +200,7 @@ def eval_dataset(stream, image: str, label: str, encode, task: str, label_names:
                                        cache_dir=cache)
     else:
         loaded = datasets.load_dataset(config.dataset_name, config.dataset_config, split=stream.split, cache_dir=cache)
-    loaded = loaded.select_columns([image, label]).cast_column(image, datasets.Image(decode=False))
+    loaded = loaded.select_columns([image, label.split(".")[0]]).cast_column(image, datasets.Image(decode=False))
     encoded = loaded.map(partial(encoded_record, image=image, label=label, encode=encode),
                          remove_columns=loaded.column_names, features=features, desc="Encoding the eval labels")
     return encoded

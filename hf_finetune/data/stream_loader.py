@@ -60,7 +60,10 @@ class StreamSamples(IterableDataset):
         self.epoch = epoch
 
     def state_dict(self) -> dict:
-        return self._state or {"epoch": self.epoch, "stream": None, "block": 0, "yielded": 0, "seen": 0, "bad": 0}
+        return self._state or self._epoch_start()
+
+    def _epoch_start(self) -> dict:
+        return {"epoch": self.epoch, "stream": None, "block": 0, "yielded": 0, "seen": 0, "bad": 0}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = state
@@ -68,7 +71,7 @@ class StreamSamples(IterableDataset):
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
-        state, self._resume = self._resume or self.state_dict(), None
+        state, self._resume = self._resume or self._epoch_start(), None
         epoch = state["epoch"]
         self.stream.set_epoch(epoch)
         if state["stream"] is not None:
