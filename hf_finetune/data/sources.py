@@ -23,7 +23,7 @@ from hf_finetune.data.label_sets import MULTI_LABEL, SINGLE_LABEL, encode_label_
 from hf_finetune.data.labels import class_encoded, class_names, is_label_list, label_set_rows
 from hf_finetune.data.manifest import image_column, load_manifest, manifest_files, warn_shared_images
 from hf_finetune.data.stream import (encoded_record, eval_dataset, label_encoder, nested, open_streams, stream_columns,
-                                     stream_labels)
+                                     stream_fingerprint, stream_labels)
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.subsets import select_samples
 
@@ -49,6 +49,7 @@ class ImageData:
     # size is known only when its dataset info gives it.
     streaming: bool = False
     stream_size: Optional[int] = None
+    stream_fingerprint: Optional[str] = None  # the resume check's identity of the stream (stream.stream_fingerprint)
 
     @property
     def train_size(self) -> Optional[int]:
@@ -234,7 +235,8 @@ def load_stream_data(config: FinetuneConfig) -> ImageData:
     size = splits[split_names["train"]].num_examples if splits and split_names["train"] in splits else None
     name = config.dataset_name or Path(config.data_files).parent.name
     return ImageData(train, evaluation, label_names, name=name, eval_split=split_names["eval"], task=task,
-                     task_reason=why, streaming=True, stream_size=size or None)
+                     task_reason=why, streaming=True, stream_size=size or None,
+                     stream_fingerprint=stream_fingerprint(config, label_names))
 
 
 def load_image_data(config: FinetuneConfig) -> ImageData:

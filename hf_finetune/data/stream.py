@@ -11,8 +11,10 @@ The eval split is small: it stays map-style and goes through the decode-once cac
 
 from __future__ import annotations
 
+import glob
 import itertools
 import logging
+import os
 import re
 from functools import partial
 from pathlib import Path
@@ -174,6 +176,18 @@ def label_encoder(label_names: list[str], task: str):
     """The picklable per-record encoder the stream's DataLoader workers apply."""
     return partial(encode_stream_label, index={name: i for i, name in enumerate(label_names)},
                    count=len(label_names), multi=task == MULTI_LABEL)
+
+
+def stream_fingerprint(config: FinetuneConfig, label_names: list[str]) -> str:
+    """A stream's identity for the resume check (a datasets IterableDataset hashes differently in every process):
+    its source, split and labels and, for local shards, each file's path, size and modification time."""
+    from datasets.fingerprint import Hasher
+
+    patterns = expand_braces(config.data_files) if config.data_files else []
+    files = sorted(path for pattern in patterns for path in glob.glob(os.path.expanduser(pattern)))
+    return Hasher.hash({"source": config.dataset_name or config.data_files, "config": config.dataset_config,
+                        "split": config.train_split, "labels": label_names,
+                        "files": [(path, os.path.getsize(path), os.path.getmtime(path)) for path in files]})
 
 
 def encoded_record(record: dict, image: str, label: str, encode) -> dict:

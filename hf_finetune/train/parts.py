@@ -113,7 +113,7 @@ def create_training_parts(options: FinetuneConfig) -> TrainingParts:
     data = node_main_first(processes, partial(load_image_data, options))
     model, source = create_classifier(options.model, data.label_names, options.pretrained, options.pretrained_path,
                                       options.img_size, options.drop_path)
-    fingerprints = data_fingerprint(data.train), data_fingerprint(data.eval)  # of the files, cached or not
+    fingerprints = data.stream_fingerprint or data_fingerprint(data.train), data_fingerprint(data.eval)  # of the files
     # The decode-once cache, likewise per machine; the main process alone reports bad files.
     data = node_main_first(processes, partial(prepare_images, data, model, options.cache, options.max_bad_fraction,
                                               report=processes.is_main_process))

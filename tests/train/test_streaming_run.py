@@ -26,9 +26,10 @@ def _parquet(folder: Path, shards=4, per_shard=12) -> Path:
 
 
 def _args(shards: Path, out: Path, *extra, workers=0) -> list:
-    return ["--streaming", "--data-files", shards / "train-*.parquet", "--eval-data-files", shards / "val-*.parquet",
-            "--model", "test_resnet", "--no-pretrained", "--img-size", "64", "--num-workers", workers,
-            "--output-dir", out, "--calibrate", "none", "--shuffle-buffer", "8", *extra]
+    return list(map(str, ["--streaming", "--data-files", shards / "train-*.parquet", "--eval-data-files",
+                          shards / "val-*.parquet", "--model", "test_resnet", "--no-pretrained", "--img-size", "64",
+                          "--num-workers", workers, "--output-dir", out, "--calibrate", "none", "--shuffle-buffer",
+                          "8", *extra]))
 
 
 def test_the_length_is_max_steps_or_epochs_of_a_known_size_resolved_once():
