@@ -100,3 +100,32 @@ def test_four_times_the_steps_write_nothing_more_than_checkpoints(tmp_path):
     outputs = [{path.relative_to(tmp_path / run).parts[0] for path in (tmp_path / run).rglob("*") if path.is_file()}
                for run in ("short", "long")]
     assert outputs[0] == outputs[1] and "checkpoints" in outputs[1]
+
+
+def test_the_readmes_folder_to_parquet_snippet_makes_shards_a_stream_reads(tmp_path, monkeypatch):
+    from conftest import REPO_ROOT, make_image_folder
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Data larger than the disk"):]
+    snippet = section[section.index("```python\n") + 10:section.index("```\n", section.index("```python"))]
+    make_image_folder(tmp_path / "photos", per_class=(4, 2))
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, {})
+    options = dict(streaming=True, data_files="shards/train-*.parquet", eval_data_files="shards/validation-*.parquet")
+    data = load_image_data(FinetuneConfig(**options))
+    records = list(data.train)
+    assert data.label_names == ["cat", "dog"] and len(records) == 8 and len(data.eval) == 4
+    assert all(record["image"]["bytes"] and record["label"] in (0, 1) for record in records)
+
+
+@pytest.mark.slow
+def test_two_processes_on_shards_that_do_not_divide_run_the_same_steps_and_warn(tmp_path):
+    """3 shards over 2 ranks: datasets gives each rank every other record (15), so passes end mid-batch at other
+    steps on each rank; the run must neither hang nor miscount."""
+    shards = _parquet(tmp_path / "shards", shards=3, per_shard=10)
+    result = run_script("finetune.py", *_args(shards, tmp_path / "out", "--batch-size", "4", "--max-steps", "10",
+                                              "--checkpoint-every", "5"), processes=2)
+    assert "not a multiple of 2 process(es)" in result.stderr and "every process read every record" in result.stderr
+    history = json.loads((tmp_path / "out" / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert sum(row["train_count"] for row in history) == 38  # 2 x (15 + 4): each rank's pass ends on a batch of 1
