@@ -77,7 +77,7 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
         trained_here += len(labels)
         bar.update()
         sums += _epoch_sums(accelerator, task.loss(logits.detach(), targets, reduction="none"),
-                            task.hits(logits.detach(), labels), padded=not isinstance(loader, StreamLoader))
+                            task.hits(logits.detach(), labels))
         if stop == PREEMPTED and accelerator.sync_gradients and step < len(loader):
             bar.close()
             return EpochStats(0.0, 0.0, 0, time.perf_counter() - started, stopped_at_step=step, sums=sums.tolist())
@@ -88,14 +88,9 @@ def train_one_epoch(parts: TrainingParts, epoch: int, guard: StopGuard, frozen_n
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count), seconds, trained / seconds)
 
 
-def _epoch_sums(accelerator, losses: torch.Tensor, correct: torch.Tensor, padded: bool = True) -> torch.Tensor:
+def _epoch_sums(accelerator, losses: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """[loss sum, correct, count] of the batch over all processes, each image once: gather_for_metrics drops
-    the samples Accelerate repeats to pad the last batch (trained on, but not counted twice). A stream's
-    batches are not padded, and a pass that ends makes a short batch on one process only, which a gather of
-    unequal shapes cannot take: each process's sums are added instead."""
-    if not padded:
-        local = torch.stack([losses.double().sum(), correct.double().sum(), losses.new_tensor(len(losses)).double()])
-        return accelerator.reduce(local, reduction="sum")
+    the samples Accelerate repeats to pad the last batch (trained on, but not counted twice)."""
     losses, correct = accelerator.gather_for_metrics((losses.double(), correct.double()))
     return torch.stack([losses.sum(), correct.sum(), losses.new_tensor(len(losses))])
 
