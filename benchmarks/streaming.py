@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -87,8 +88,9 @@ def measure(spec: dict) -> dict:
 
 def measure_isolated(spec: dict) -> dict:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": path}
     process = subprocess.run([sys.executable, "-m", "benchmarks.streaming", "--measure", json.dumps(spec)],
-                             capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": path})
+                             capture_output=True, text=True, env=environment)
     lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
     if process.returncode != 0 or not lines:
         raise SystemExit(f"configuration {spec} failed:\n{process.stderr[-3000:]}")
@@ -109,7 +111,8 @@ def main(argv=None) -> None:
     if args.measure:
         with PeakMemory() as memory:
             result = measure(json.loads(args.measure))
-        print("RESULT " + json.dumps({**result, "peak_rss": memory.rss, "peak_pss": memory.pss, "peak_anon": memory.anon}))
+        memory_fields = {"peak_rss": memory.rss, "peak_pss": memory.pss, "peak_anon": memory.anon}
+        print("RESULT " + json.dumps({**result, **memory_fields}))
         return
     work = Path(args.work)
     shards = convert_to_parquet(PHOTOS, work / "shards")
@@ -138,10 +141,11 @@ def _estimate(rates: dict) -> str:
     """What an 8-GPU node needs, in streaming loader workers at the measured per-worker rate."""
     per_worker = max(rate / workers for (pipeline, workers), rate in rates.items() if pipeline == "stream" and workers)
     needed = 8 * GPU_IMAGES_PER_SECOND
+    workers = math.ceil(needed / per_worker)
     return (f"8-GPU node estimate: 8 x ~{GPU_IMAGES_PER_SECOND:,} images/s (resnet50, 224 px, bf16, an A100-class GPU: "
             f"an assumption, not measured here) = {needed:,} images/s. At the best measured streaming rate per worker "
             f"here, {per_worker:.0f} images/s (these 64 px photos decode fast; full-size JPEGs cost several times "
-            f"more), that is {-(-needed // per_worker):.0f} workers, {-(-needed // per_worker / 8):.0f} per GPU process.")
+            f"more), that is {workers} workers, {math.ceil(workers / 8)} per GPU process.")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import os
 import re
 from functools import partial
 from pathlib import Path
-from typing import Optional
 
 from hf_finetune.config import EVAL_SPLIT_NAMES, FinetuneConfig
 from hf_finetune.data.label_sets import MULTI_LABEL, SINGLE_LABEL
@@ -74,8 +73,9 @@ def open_streams(config: FinetuneConfig) -> tuple[dict, dict, str]:
                         f"{', '.join(streams)} (use --train-split)")
     eval_name = config.eval_split or next((name for name in EVAL_SPLIT_NAMES if name in streams), None)
     if eval_name not in streams:
-        raise UserError(f"dataset {config.dataset_name} has no eval split ({eval_name or ' or '.join(EVAL_SPLIT_NAMES)}); "
-                        f"splits: {', '.join(streams)}; a stream cannot hold one out: use --eval-split NAME")
+        wanted = eval_name or " or ".join(EVAL_SPLIT_NAMES)
+        raise UserError(f"dataset {config.dataset_name} has no eval split ({wanted}); splits: {', '.join(streams)}; a "
+                        "stream cannot hold one out: use --eval-split NAME")
     return ({"train": streams[config.train_split], "eval": streams[eval_name]},
             {"train": config.train_split, "eval": eval_name}, config.dataset_name)
 

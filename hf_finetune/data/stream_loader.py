@@ -192,7 +192,7 @@ def create_stream_loader(stream, transform: Callable, settings: ImageSettings, b
     if stream.num_shards % readers:
         logger.warning("the stream has %d shard(s), not a multiple of %d process(es) x %d loader worker(s): %s; "
                        "reshard it into a multiple of %d files", stream.num_shards, world_size, max(num_workers, 1),
-                       "datasets then makes every process read every record and keep 1 in %d" % world_size
+                       f"datasets then makes every process read every record and keep 1 in {world_size}"
                        if stream.num_shards % world_size else "some workers read more shards than others", readers)
     # A one-record buffer: datasets orders the shards per (seed, epoch); the records are shuffled by StreamSamples.
     part = split_dataset_by_node(stream.shuffle(seed=seed, buffer_size=1), rank=rank, world_size=world_size)

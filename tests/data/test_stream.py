@@ -50,7 +50,7 @@ def test_a_stream_resumed_from_its_state_continues_in_the_same_order_with_the_sa
 def test_each_epoch_is_shuffled_anew_and_the_same_for_the_same_seed(shards):
     def two_epochs():  # 24 ids: 6 full batches an epoch
         ids = [batch["label"].tolist() for batch in itertools.islice(stream_loader(shards, 0, 1), 12)]
-        return [sum(ids[:6], []), sum(ids[6:], [])]
+        return [[i for batch in ids[:6] for i in batch], [i for batch in ids[6:] for i in batch]]
 
     epochs = two_epochs()
     assert all(sorted(epoch) == list(range(IDS)) for epoch in epochs), "each record once an epoch"
