@@ -550,6 +550,8 @@ def _resolve_stream_length(config: FinetuneConfig, train_size: Optional[int]) ->
     if config.checkpoint_every is None:
         config.checkpoint_every = math.ceil(config.max_steps / config.epochs)
     config.epochs = math.ceil(config.max_steps / config.checkpoint_every)
+    if "epochs" in config.recipe_values:  # the record says what the run does: this many rounds
+        config.recipe_values["epochs"] = config.epochs
     if "freeze_epochs" in config.recipe_values:  # the recipe's head-only share of the rounds
         config.freeze_epochs = config.recipe_values["freeze_epochs"] = min(config.freeze_epochs, config.epochs // 2)
 

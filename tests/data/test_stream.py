@@ -134,3 +134,11 @@ def test_peak_memory_stays_flat_as_the_stream_runs_four_times_longer(shards):
     peaks = [int(subprocess.run([sys.executable, "-c", code, str(shards), str(steps)], capture_output=True,
                                 text=True, check=True, cwd=REPO_ROOT).stdout.split()[-1]) for steps in (30, 120)]
     assert peaks[1] <= 1.1 * peaks[0], peaks
+
+
+def test_a_state_saved_with_another_worker_count_is_refused_in_one_line(shards):
+    """Workers split the shards between them: another count would read other records from each position."""
+    state = stream_loader(shards, 0, 1, 0).state_dict()
+    with pytest.raises(UserError, match=r"^the checkpoint's stream was read by 0 loader worker\(s\) per process: "
+                                        r"resume with --num-workers 0$"):
+        stream_loader(shards, 0, 1, 2).load_state_dict(state)

@@ -37,6 +37,7 @@ def test_the_length_is_max_steps_or_epochs_of_a_known_size_resolved_once():
     config = resolved(FinetuneConfig(**stream, max_steps=100, checkpoint_every=30), train_size=None)
     assert (config.max_steps, config.checkpoint_every, config.epochs) == (100, 30, 4)  # rounds: 30, 30, 30, 10
     assert config.warmup_steps == 10  # the lp-ft recipe's 10% of --max-steps
+    assert config.recipe_values["epochs"] == 4 and config.recipe_values["warmup_steps"] == 10
     config = resolved(FinetuneConfig(**stream, epochs=3), train_size=160)
     assert (config.max_steps, config.checkpoint_every, config.epochs) == (30, 10, 3)  # 10 steps a pass
     with pytest.raises(UserError, match="size is unknown .* give --max-steps N"):
