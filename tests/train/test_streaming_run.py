@@ -130,3 +130,30 @@ def test_two_processes_on_shards_that_do_not_divide_run_the_same_steps_and_warn(
     history = json.loads((tmp_path / "out" / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]
     assert sum(row["train_count"] for row in history) == 38  # 2 x (15 + 4): each rank's pass ends on a batch of 1
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_by_sigterm_resume_their_streams_bitwise(tmp_path):
+    """torchrun, 2 ranks: SIGTERM to the job's process group mid-round; both ranks save their loader state into
+    the checkpoint, and the rerun ends bitwise equal to an uninterrupted 2-process run."""
+    import re
+
+    from conftest import TORCHRUN
+    from test_reliability import _same_history, _same_state, _signal_when_progress, _start
+
+    from hf_finetune.train.checkpoints import list_checkpoints
+
+    shards = _parquet(tmp_path / "shards")  # 4 shards: 2 a rank, 24 records, 12 steps of 2 per rank and pass
+    argv = lambda out: _args(shards, out, "--batch-size", "4", "--max-steps", "16", "--checkpoint-every", "8",  # noqa
+                             "--momentum", "0.9", "--freeze-epochs", "0")
+    run_script("finetune.py", *argv(tmp_path / "straight"), processes=2)
+    launcher = _start(argv(tmp_path / "stopped"), launcher=[*TORCHRUN, "2"], new_session=True)
+    stderr = _signal_when_progress(launcher, batches=2, group=True)
+    assert stderr.count("stopped by SIGTERM") == 2, stderr[-3000:]
+    [checkpoint] = list_checkpoints(tmp_path / "stopped")
+    assert re.match(r"epoch-0000-step-00000[2-7]$", checkpoint.name), checkpoint.name
+    assert {p.name for p in checkpoint.glob("loader-*.pt")} == {"loader-0.pt", "loader-1.pt"}
+    result = run_script("finetune.py", *argv(tmp_path / "stopped"), processes=2)
+    assert "resumed from" in result.stdout
+    _same_state(list_checkpoints(tmp_path / "straight")[-1], list_checkpoints(tmp_path / "stopped")[-1])
+    _same_history(tmp_path / "straight", tmp_path / "stopped")
