@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from hf_finetune.errors import UserError, first_line
 from hf_finetune.hardware import Precision
 
 EVAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
+# The size resolve_config fills the recipe for when a stream's size is unknown: a large set (the largest batch).
+STREAM_OF_UNKNOWN_SIZE = 1_000_000
 # --select-metric name -> (key of metrics.ClassificationMetrics.compute(), True when higher is better)
 SELECT_METRICS = {"eval_loss": ("loss", False), "accuracy": ("accuracy", True), "macro_f1": ("macro_f1", True),
                   "balanced_accuracy": ("balanced_accuracy", True), "top5": ("top5", True)}
@@ -98,6 +101,32 @@ class FinetuneConfig:
     label_column: Optional[str] = _doc("Label column of a Hub dataset (default 'label' or 'labels'), or a manifest "
                                        "(default label, labels, tags or target); a Hub column of lists (a "
                                        "Sequence of ClassLabel or of strings) is multi-label.", default=None)
+    streaming: bool = _doc(
+        "Stream the training split (--dataset-name, or --data-files shards) record by record instead of decoding it "
+        "once into the cache: for data larger than the disk. Each process reads its own shards; labels come from "
+        "the dataset's ClassLabel features or --label-names; the length is --max-steps (or --epochs when the "
+        "dataset's info gives its size); the eval split stays map-style (or its first --max-eval-samples records "
+        "are streamed). With --streaming an 'epoch' of metrics.json and the checkpoints is a round of "
+        "--checkpoint-every steps.",
+        default=False,
+    )
+    data_files: Optional[str] = _doc(
+        "With --streaming: the training shards, parquet files or webdataset tars: a glob ('shards/train-*.parquet', "
+        "'hf://datasets/org/name/data/*.parquet') or a brace range ('shards/train-{000000..000099}.tar').",
+        default=None,
+    )
+    eval_data_files: Optional[str] = _doc("With --data-files: the eval split's files, as --data-files.", default=None)
+    label_names: Optional[str] = _doc(
+        "With --streaming: the class names in class-index order, 'cat,dog' or a file with one per line, for a "
+        "stream whose label column is not a ClassLabel (a stream cannot be scanned for them); records may hold "
+        "the names or the indices.",
+        default=None,
+    )
+    shuffle_buffer: int = _doc(
+        "With --streaming: records shuffled together in memory (in blocks of this many, resumable exactly), "
+        "after the shard order is shuffled per epoch.",
+        default=1000,
+    )
     cache_dir: Optional[str] = _doc(
         "Where downloads (hotdog.zip) and the datasets cache go; default ~/.cache/hf_finetune "
         "(or $HF_FINETUNE_CACHE).",
@@ -249,6 +278,16 @@ class FinetuneConfig:
         default=None)
     max_eval_samples: Optional[int] = _doc("Evaluate (and test) on at most this many images per split, chosen as "
                                            "--max-train-samples.", default=None)
+    max_steps: Optional[int] = _doc(
+        "With --streaming: train for this many optimizer steps (the LR schedule and warm-up follow it); default: "
+        "--epochs passes when the stream's size is known.",
+        default=None,
+    )
+    checkpoint_every: Optional[int] = _doc(
+        "With --streaming: evaluate, select and checkpoint every this many optimizer steps; default: --max-steps "
+        "/ --epochs (one pass, when the size is known).",
+        default=None,
+    )
     gradient_accumulation_steps: int = _doc("Micro-batches accumulated per optimizer update.", default=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _doc(
         "Autocast precision; weights and the saved model stay fp32. 'auto': bf16 where it is native (a GPU of "
@@ -341,9 +380,11 @@ class FinetuneConfig:
         if sum(map(bool, (self.data_dir, self.dataset_name, self.train_file))) > 1:
             raise UserError("give one of --data-dir, --dataset-name and --train-file")
         self._validate_manifests()
+        self._validate_streaming()
         self._validate_paths()
         get_recipe(self.recipe)
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "max_steps": self.max_steps,
+                    "checkpoint_every": self.checkpoint_every, "shuffle_buffer": self.shuffle_buffer,
                     "gradient_accumulation_steps": self.gradient_accumulation_steps,
                     "max_train_samples": self.max_train_samples, "max_eval_samples": self.max_eval_samples}
         for name, value in positive.items():
@@ -414,6 +455,23 @@ class FinetuneConfig:
         if self.label_delimiter == "":
             raise UserError("--label-delimiter cannot be empty; e.g. ' ', ',', '|' or '_'")
 
+    def _validate_streaming(self) -> None:
+        if not self.streaming:
+            given = [flag for flag, value in (("--data-files", self.data_files), ("--label-names", self.label_names),
+                                              ("--max-steps", self.max_steps),
+                                              ("--checkpoint-every", self.checkpoint_every)) if value]
+            if given:
+                raise UserError(f"{', '.join(given)}: for --streaming runs; a folder or a loaded dataset trains "
+                                "--epochs")
+            return
+        if bool(self.dataset_name) == bool(self.data_files) or self.data_dir or self.train_file:
+            raise UserError("--streaming reads --dataset-name or --data-files (one of them)")
+        if self.eval_data_files and not self.data_files:
+            raise UserError("--eval-data-files needs --data-files")
+        if self.max_train_samples or self.class_weights:
+            raise UserError("--streaming: a stream cannot be counted or subsampled; drop --max-train-samples (train "
+                            "--max-steps) and --class-weights")
+
     def _validate_trackers(self) -> None:
         names = [name.strip() for name in self.report_to.split(",") if name.strip() not in ("", "none")]
         if not names:
@@ -451,7 +509,7 @@ class FinetuneConfig:
 class RunFacts:
     """What resolving the options needs beyond them: the data, the model and the machine the run has."""
 
-    train_size: int  # training images (after unreadable ones are dropped)
+    train_size: Optional[int]  # training images (after unreadable ones are dropped); None: a stream's, unknown
     num_processes: int
     pretrained: bool  # the backbone starts from trained weights
     layer_groups: bool  # timm's group_matcher splits the model into layers (layer-wise LR decay needs it)
@@ -467,14 +525,38 @@ def resolve_config(config: FinetuneConfig, facts: RunFacts) -> FinetuneConfig:
     if config.precision is not None:
         raise ValueError("resolve_config takes the options as given, not an already resolved record")
     resolved = dataclasses.replace(config.validate())
+    # A stream of unknown size is a large one: the recipe's batch size for a large folder.
+    train_size = STREAM_OF_UNKNOWN_SIZE if facts.train_size is None else facts.train_size
     resolved.recipe_values, resolved.recipe_adjusted = fill_from_recipe(
-        resolved, facts.train_size, facts.num_processes, facts.pretrained, facts.layer_groups)
+        resolved, train_size, facts.num_processes, facts.pretrained, facts.layer_groups)
+    if resolved.streaming:
+        _resolve_stream_length(resolved, facts.train_size)
     if resolved.num_workers is None:
         resolved.num_workers = facts.default_num_workers
     if resolved.select_metric is None:
         resolved.select_metric = facts.default_select_metric
     resolved.precision = facts.precision
     return resolved.validate()
+
+
+def _resolve_stream_length(config: FinetuneConfig, train_size: Optional[int]) -> None:
+    """--max-steps (from --epochs when the stream's size is known), the warm-up as a share of it, --checkpoint-every
+    (default: an even share of --epochs), and `epochs` as the number of rounds of --checkpoint-every steps."""
+    if config.max_steps is None:
+        if train_size is None:
+            raise UserError("--streaming: the stream's size is unknown (its dataset info gives no num_examples), so "
+                            "--epochs cannot be counted in steps: give --max-steps N")
+        config.max_steps = math.ceil(train_size / config.batch_size) * config.epochs
+    elif "warmup_steps" in config.recipe_values:
+        config.warmup_steps = math.ceil(get_recipe(config.recipe).warmup_fraction * config.max_steps)
+        config.recipe_values["warmup_steps"] = config.warmup_steps
+    if config.checkpoint_every is None:
+        config.checkpoint_every = math.ceil(config.max_steps / config.epochs)
+    config.epochs = math.ceil(config.max_steps / config.checkpoint_every)
+    if "epochs" in config.recipe_values:  # the record says what the run does: this many rounds
+        config.recipe_values["epochs"] = config.epochs
+    if "freeze_epochs" in config.recipe_values:  # the recipe's head-only share of the rounds
+        config.freeze_epochs = config.recipe_values["freeze_epochs"] = min(config.freeze_epochs, config.epochs // 2)
 
 
 def _load_config_file(path: str, parser: argparse.ArgumentParser) -> dict:

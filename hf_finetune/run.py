@@ -89,7 +89,7 @@ def record_start(parts: TrainingParts) -> None:
         "config": config.to_dict(), "command": sys.argv,
         "source": {"name": source.name, "architecture": source.architecture, "pretrained": source.pretrained,
                    "hub_id": source.hub_id, "tag": source.tag, "license": source.license},
-        "data": {"name": data.name, "eval_split": data.eval_split, "train_size": len(data.train),
+        "data": {"name": data.name, "eval_split": data.eval_split, "train_size": data.train_size, "streaming": data.streaming,
                  "eval_size": len(data.eval), "test_split": data.test_split,
                  "test_size": len(data.test) if data.test is not None else None},
         "task": parts.task.name, "label_names": data.label_names, "label_matches": parts.reused_rows,
@@ -107,7 +107,10 @@ def record_start(parts: TrainingParts) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "run_config.json", run_config)
     test = f" / {len(data.test)} {data.test_split}" if data.test is not None else ""
-    print(f"{data.name}: {len(data.train)} train / {len(data.eval)} {data.eval_split}{test} images, classes "
+    train = (f"{len(data.train)} train" if not data.streaming else
+             f"streamed train ({data.train_size or 'size unknown'}; {config.max_steps} steps, evaluated every "
+             f"{config.checkpoint_every})")
+    print(f"{data.name}: {train} / {len(data.eval)} {data.eval_split}{test} images, classes "
           f"{data.label_names}; {config.model}: {describe_learning_rates(groups)}")
     print(f"trainable parameters: {trainable:,} of {total:,}; precision {config.precision.describe()}")
     print(describe_recipe(config.recipe, config.recipe_values, config.recipe_adjusted))

@@ -46,11 +46,14 @@ def prepare_images(data: ImageData, model: nn.Module, cache: bool = True, max_ba
     Run it on one process first (main_process_first): the others then load the finished pass from disk.
     `report`: log one warning per bad file and a summary (the main process)."""
     settings = ImageSettings.from_model(model) if cache else None
-    train, train_bad = _prepare_split(data.train, "train", settings, data.root, max_bad_fraction, report)
+    # A streamed train split is decoded as it is read (stream_loader.py); its eval split is cached like any other.
+    train, train_bad = ((data.train, []) if data.streaming else
+                        _prepare_split(data.train, "train", settings, data.root, max_bad_fraction, report))
     evaluation, eval_bad = _prepare_split(data.eval, data.eval_split, settings, data.root, max_bad_fraction, report)
     if settings and report:
-        files = {file["filename"] for split in (train, evaluation) for file in split.cache_files}
-        logger.info("decode-once cache: %d images at %d px, %.1f MB in %s", len(train) + len(evaluation),
+        cached = (evaluation,) if data.streaming else (train, evaluation)
+        files = {file["filename"] for split in cached for file in split.cache_files}
+        logger.info("decode-once cache: %d images at %d px, %.1f MB in %s", sum(map(len, cached)),
                     settings.short_side, sum(os.path.getsize(file) for file in files) / 1e6,
                     os.path.dirname(min(files)) if files else "memory")
     test, test_bad = (None, [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,8 @@ from hf_finetune.data.folders import find_classes, find_splits, has_images, test
 from hf_finetune.data.label_sets import MULTI_LABEL, SINGLE_LABEL, encode_label_sets
 from hf_finetune.data.labels import class_encoded, class_names, is_label_list, label_set_rows
 from hf_finetune.data.manifest import image_column, load_manifest, manifest_files, warn_shared_images
+from hf_finetune.data.stream import (encoded_record, eval_dataset, label_encoder, nested, open_streams, stream_columns,
+                                     stream_fingerprint, stream_labels)
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.data.subsets import select_samples
 
@@ -42,6 +45,16 @@ class ImageData:
     test_split: Optional[str] = None
     task: str = SINGLE_LABEL  # or MULTI_LABEL: `label` is then a list of class indices per row
     task_reason: str = "one class folder or label per image"  # the start-up line: "task: <task> (<reason>)"
+    # --streaming: `train` is a datasets IterableDataset of undecoded images and encoded labels (stream.py), whose
+    # size is known only when its dataset info gives it.
+    streaming: bool = False
+    stream_size: Optional[int] = None
+    stream_fingerprint: Optional[str] = None  # the resume check's identity of the stream (stream.stream_fingerprint)
+
+    @property
+    def train_size(self) -> Optional[int]:
+        """Training images: None for a stream of unknown size."""
+        return self.stream_size if self.streaming else len(self.train)
 
 
 def load_image_folder(root: Path, config: FinetuneConfig) -> ImageData:
@@ -204,12 +217,39 @@ def _datasets_cache(config: FinetuneConfig) -> Optional[str]:
     return str(Path(config.cache_dir) / "datasets") if config.cache_dir else None
 
 
+def load_stream_data(config: FinetuneConfig) -> ImageData:
+    """--streaming: the train split as a stream of undecoded images with encoded labels, the eval split map-style
+    (stream.py)."""
+    import datasets
+
+    streams, split_names, source = open_streams(config)
+    image, label = stream_columns(streams["train"], config)
+    features = streams["train"].features
+    label_names, task, why = stream_labels(nested(features, label) if features else None, config)
+    encode = label_encoder(label_names, task)
+    columns = [image, label.split(".")[0]]
+    train = (streams["train"].select_columns(columns).cast_column(image, datasets.Image(decode=False))
+             .map(partial(encoded_record, image=image, label=label, encode=encode), remove_columns=columns))
+    evaluation = eval_dataset(streams["eval"], image, label, encode, task, label_names, config, source)
+    splits = streams["train"].info.splits
+    size = splits[split_names["train"]].num_examples if splits and split_names["train"] in splits else None
+    name = config.dataset_name or Path(config.data_files).parent.name
+    return ImageData(train, evaluation, label_names, name=name, eval_split=split_names["eval"], task=task,
+                     task_reason=why, streaming=True, stream_size=size or None,
+                     stream_fingerprint=stream_fingerprint(config, label_names))
+
+
 def load_image_data(config: FinetuneConfig) -> ImageData:
     """The data the config names: manifests (--train-file, or in --data-dir), --data-dir class folders (named by
     label combination with --label-delimiter), --dataset-name, or the d2l hotdog set; with --max-train-samples /
     --max-eval-samples (eval and test), a stratified seeded subset of each split (multi-label: a seeded random
     one), before any image is decoded. Logs the task and why."""
     root = Path(config.data_dir).expanduser() if config.data_dir else None
+    if config.streaming:
+        data = load_stream_data(config)
+        data.eval = select_samples(data.eval, config.max_eval_samples, config.seed)
+        logger.info("task: %s (%s)", data.task, data.task_reason)
+        return data
     manifests = manifest_files(config, root)
     if manifests:
         data = load_manifest_data(*manifests, config, root.name if root else manifests[0]["train"].parent.name)

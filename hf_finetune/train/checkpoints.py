@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
+from hf_finetune.data.stream_loader import StreamLoader
 from hf_finetune.model.ema import ema_state
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.model.create import unwrap
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)-step-(\d+)$")
 STATE_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "progress.json")
+LOADER_FILE_PREFIX = "loader-"  # loader-<rank>.pt: with --streaming, where each rank's stream continues
 EMA_FILE = "ema.safetensors"  # with --model-ema (its identity then says so, and resume requires it)
 
 
@@ -103,14 +105,18 @@ def save_checkpoint(parts: TrainingParts, progress: TrainingProgress,
     from accelerate.utils import gather_object
 
     accelerator = parts.accelerator
-    rank_states = gather_object([{"rng": rng_state(), "sums": epoch_sums}])  # in rank order
+    # A stream's loader state (where each rank's stream continues) travels the same way.
+    loader = parts.train_loader.state_dict() if isinstance(parts.train_loader, StreamLoader) else None
+    rank_states = gather_object([{"rng": rng_state(), "sums": epoch_sums, "loader": loader}])  # in rank order
     if accelerator.is_main_process:
         progress.partial_sums = [state["sums"] for state in rank_states] if epoch_sums is not None else []
-        _write_checkpoint(parts, progress, [state["rng"] for state in rank_states])
+        _write_checkpoint(parts, progress, [state["rng"] for state in rank_states],
+                          [state["loader"] for state in rank_states])
     accelerator.wait_for_everyone()  # nobody goes on, or exits on a SIGTERM, while the main process writes
 
 
-def _write_checkpoint(parts: TrainingParts, progress: TrainingProgress, rng_states: list[dict]) -> Path:
+def _write_checkpoint(parts: TrainingParts, progress: TrainingProgress, rng_states: list[dict],
+                      loader_states: list[Optional[dict]]) -> Path:
     from safetensors.torch import save_file
 
     output_dir, keep = Path(parts.config.output_dir), parts.config.keep_checkpoints
@@ -120,6 +126,9 @@ def _write_checkpoint(parts: TrainingParts, progress: TrainingProgress, rng_stat
     staging.mkdir(parents=True)
     for rank, state in enumerate(rng_states):
         torch.save(state, staging / f"rng-{rank}.pt")
+    for rank, state in enumerate(loader_states):
+        if state is not None:  # --streaming only: a map-style run's loader is a function of (seed, epoch, step)
+            torch.save(state, staging / f"{LOADER_FILE_PREFIX}{rank}.pt")
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(parts.model).state_dict().items()}
     save_file(state, staging / "model.safetensors")
     ema = ema_state(parts.ema)
@@ -165,8 +174,12 @@ def checkpoint_problem(path: Path) -> Optional[str]:
         json.loads((path / "progress.json").read_text())
         processes = json.loads((path / "identity.json").read_text())["num_processes"]
         missing = [f"rng-{rank}.pt" for rank in range(processes) if not (path / f"rng-{rank}.pt").is_file()]
-        if json.loads((path / "identity.json").read_text()).get("model_ema") and not (path / EMA_FILE).is_file():
+        identity = json.loads((path / "identity.json").read_text())
+        if identity.get("model_ema") and not (path / EMA_FILE).is_file():
             missing.append(EMA_FILE)
+        if identity.get("streaming"):
+            missing += [f"{LOADER_FILE_PREFIX}{rank}.pt" for rank in range(processes)
+                        if not (path / f"{LOADER_FILE_PREFIX}{rank}.pt").is_file()]
         if missing:
             return f"missing {', '.join(missing)}"
     except Exception as error:  # a torn write shows up as any parse error
@@ -205,7 +218,9 @@ def read_checkpoint(path: Path) -> dict:
             "optimizer": _load_tensors(path / "optimizer.pt"), "scheduler": _load_tensors(path / "scheduler.pt"),
             "scaler": _load_tensors(scaler) if scaler.is_file() else None,
             "progress": json.loads((path / "progress.json").read_text()),
-            "rng": [_load_tensors(path / f"rng-{rank}.pt") for rank in range(processes)]}
+            "rng": [_load_tensors(path / f"rng-{rank}.pt") for rank in range(processes)],
+            "loader": [_load_tensors(file) if (file := path / f"{LOADER_FILE_PREFIX}{rank}.pt").is_file() else None
+                       for rank in range(processes)]}
 
 
 def _load_tensors(path: Path):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from tqdm.auto import tqdm
 
+from hf_finetune.data.stream_loader import StreamLoader
 from hf_finetune.model.ema import update_ema
 from hf_finetune.errors import UserError
 from hf_finetune.train.guard import NON_FINITE, PREEMPTED, StopGuard, leave_together
@@ -98,11 +99,15 @@ def _batches_from(accelerator, loader, epoch: int, resume: Optional[ResumePoint]
     """The epoch's batches, from the resume point's step on, with the RNG as it was there."""
     if not resume:
         return iter(loader)
-    skipping = accelerator.skip_first_batches(loader, resume.step)
-    # Accelerate before 1.15 starts the new loader at epoch 0, and its first iteration hands that epoch to the
-    # sampler, which would shuffle and augment the rest of the epoch as epoch 0's.
-    skipping.set_epoch(epoch)
-    batches = iter(skipping)
+    if isinstance(loader, StreamLoader):  # its checkpointed state already continues after the trained batches
+        loader.resume_at(resume.step)
+        batches = iter(loader)
+    else:
+        skipping = accelerator.skip_first_batches(loader, resume.step)
+        # Accelerate before 1.15 starts the new loader at epoch 0, and its first iteration hands that epoch to the
+        # sampler, which would shuffle and augment the rest of the epoch as epoch 0's.
+        skipping.set_epoch(epoch)
+        batches = iter(skipping)
     # Accelerate's loaders are generators: the torch DataLoader iterator, whose creation draws a seed from
     # torch's RNG, only comes to exist at the first next(). Take that batch first, then restore the RNG,
     # so that drop path and dropout draw what they drew before the interruption.

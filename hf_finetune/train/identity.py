@@ -15,9 +15,9 @@ from hf_finetune.errors import UserError
 # (what it is, is checked by its fingerprints and label names), how fast and in which arithmetic it runs (the same
 # computation: workers, cache, memory format, compilation, autocast precision), and where the results go.
 RESULT_NEUTRAL = frozenset({
-    "data_dir", "dataset_name", "dataset_config", "cache_dir", "train_split", "eval_split", "image_column",
-    "label_column", "max_bad_fraction", "cache", "num_workers", "channels_last", "compile", "mixed_precision",
-    "output_dir", "resume", "keep_checkpoints", "push_to_hub", "hub_public", "report_to"})
+    "data_dir", "data_files", "eval_data_files", "dataset_name", "dataset_config", "cache_dir", "train_split",
+    "eval_split", "image_column", "label_column", "max_bad_fraction", "cache", "num_workers", "channels_last",
+    "compile", "mixed_precision", "output_dir", "resume", "keep_checkpoints", "push_to_hub", "hub_public", "report_to"})
 
 
 def run_identity(config, label_names: list[str], fingerprints: tuple[str, str], num_processes: int) -> dict:

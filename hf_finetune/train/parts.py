@@ -20,8 +20,10 @@ from hf_finetune.model.freezing import backbone_parameters, count_parameters, pa
 from hf_finetune.train.identity import run_identity
 from hf_finetune.train.guard import node_main_first
 from hf_finetune.hardware import cpu_only_launch, machine_precision
+from hf_finetune.data.images import ImageSettings
 from hf_finetune.data.loaders import (Normalize, create_dataloaders, create_eval_loader, create_normalize,
-                                      default_num_workers)
+                                      create_transforms, default_num_workers, leave_sigterm_to_the_main_process)
+from hf_finetune.data.stream_loader import StreamLoader, create_stream_loader, round_batches
 from hf_finetune.model.create import SourceModel, create_classifier
 from hf_finetune.tasks import Task, create_task
 from hf_finetune.model.optim import create_optimizer, create_param_groups, create_scheduler
@@ -86,6 +88,19 @@ def per_device_batch_size(config: FinetuneConfig, num_processes: int) -> int:
     return config.batch_size // shares
 
 
+def create_training_stream(data: ImageData, model: torch.nn.Module, config: FinetuneConfig, batch_per_device: int,
+                           accelerator, encode_label) -> StreamLoader:
+    """This process's loader of the streamed train split: the train transform of the map-style loaders, rounds of
+    --checkpoint-every steps up to --max-steps."""
+    settings = ImageSettings.from_model(model)
+    return create_stream_loader(
+        data.train, create_transforms(settings, config.auto_augment)[0], settings, batch_per_device,
+        config.num_workers, config.seed, config.shuffle_buffer, config.max_bad_fraction, accelerator.process_index,
+        accelerator.num_processes, accelerator.device,
+        round_batches(config.max_steps, config.checkpoint_every, config.gradient_accumulation_steps),
+        encode_label, leave_sigterm_to_the_main_process)
+
+
 def create_training_parts(options: FinetuneConfig) -> TrainingParts:
     """Load the data and create the model, resolve the options into the run's record (`config.resolve_config`,
     once both are known), then build everything else from that record."""
@@ -98,16 +113,17 @@ def create_training_parts(options: FinetuneConfig) -> TrainingParts:
     data = node_main_first(processes, partial(load_image_data, options))
     model, source = create_classifier(options.model, data.label_names, options.pretrained, options.pretrained_path,
                                       options.img_size, options.drop_path)
-    fingerprints = data_fingerprint(data.train), data_fingerprint(data.eval)  # of the files, cached or not
+    fingerprints = data.stream_fingerprint or data_fingerprint(data.train), data_fingerprint(data.eval)  # of the files
     # The decode-once cache, likewise per machine; the main process alone reports bad files.
     data = node_main_first(processes, partial(prepare_images, data, model, options.cache, options.max_bad_fraction,
                                               report=processes.is_main_process))
     config = resolve_config(options, RunFacts(
-        train_size=len(data.train), num_processes=processes.num_processes, pretrained=source.pretrained,
+        train_size=data.train_size, num_processes=processes.num_processes, pretrained=source.pretrained,
         layer_groups=hasattr(model, "group_matcher"), precision=machine_precision(options.mixed_precision),
         default_num_workers=default_num_workers(processes.num_processes),
         default_select_metric=create_task(data.task, data.label_names).default_select_metric))
-    task = create_task(data.task, data.label_names, config, data.train["label"])
+    # A stream's labels cannot be counted (--class-weights is refused with --streaming).
+    task = create_task(data.task, data.label_names, config, None if data.streaming else data.train["label"])
     task.check_select_metric(config.select_metric)
     accelerator = create_accelerator(config)
     batch_per_device = per_device_batch_size(config, accelerator.num_processes)
@@ -115,9 +131,14 @@ def create_training_parts(options: FinetuneConfig) -> TrainingParts:
                    if config.reuse_classifier and source.pretrained else [])
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
-                                                   accelerator.num_processes, config.seed, config.auto_augment,
-                                                   task.label_encoder)
+    if data.streaming:  # the stream's own loader, per rank (data/stream_loader.py); the eval split stays map-style
+        train_loader = create_training_stream(data, model, config, batch_per_device, accelerator, task.label_encoder)
+        eval_loader = create_eval_loader(data.eval, model, batch_per_device, config.num_workers,
+                                         accelerator.num_processes, task.label_encoder)
+    else:
+        train_loader, eval_loader = create_dataloaders(data, model, batch_per_device, config.num_workers,
+                                                       accelerator.num_processes, config.seed, config.auto_augment,
+                                                       task.label_encoder)
     normalize = create_normalize(model)
     test_loader = (None if data.test is None else create_eval_loader(data.test, model, batch_per_device,
                                                                      config.num_workers, accelerator.num_processes,
@@ -128,10 +149,14 @@ def create_training_parts(options: FinetuneConfig) -> TrainingParts:
     # Head warm-up: the backbone is in the optimizer but gets no gradient until its epochs are over.
     warmup_frozen = backbone_parameters(model) - frozen if config.freeze_epochs else set()
     counts = count_parameters(model)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if data.streaming:
+        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+        total_updates = config.max_steps
+    else:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+        total_updates = math.ceil(len(train_loader) / config.gradient_accumulation_steps) * config.epochs
     test_loader = accelerator.prepare(test_loader) if test_loader is not None else None
-    updates_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
-    scheduler = accelerator.prepare(create_scheduler(optimizer, config, updates_per_epoch * config.epochs))
+    scheduler = accelerator.prepare(create_scheduler(optimizer, config, total_updates))
     identity = run_identity(config, data.label_names, fingerprints, accelerator.num_processes)
     return TrainingParts(config, accelerator, data, source, model, optimizer, scheduler, train_loader,
                          eval_loader, normalize, batch_per_device, identity, counts, reused_rows, warmup_frozen,

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from hf_finetune.data.stream_loader import StreamLoader
 from hf_finetune.train.checkpoints import TrainingProgress, checkpoints_dir, find_checkpoint, read_checkpoint
 from hf_finetune.train.engine import ResumePoint
 from hf_finetune.errors import UserError
@@ -118,6 +119,8 @@ def apply_checkpoint(parts: TrainingParts, checkpoint: dict, progress: TrainingP
     if parts.accelerator.scaler is not None and checkpoint["scaler"] is not None:
         parts.accelerator.scaler.load_state_dict(checkpoint["scaler"])
     progress.load_state_dict(checkpoint["progress"])
+    if isinstance(parts.train_loader, StreamLoader):  # its identity says --streaming, so it has every rank's state
+        parts.train_loader.load_state_dict(checkpoint["loader"][parts.accelerator.process_index])
     return checkpoint["rng"][parts.accelerator.process_index]
 
 
