@@ -217,8 +217,8 @@ class FinetuneConfig:
     lr: Optional[float] = _doc(
         "Backbone learning rate for the MEAN loss over the global batch (the PyTorch/timm convention). "
         "The chapter's 5e-5 is for the SUMMED loss at batch 128, which is 5e-5 x 128 = 6.4e-3 here. Left unset, "
-        "the recipe's LR for the batch it was measured at, scaled with --batch-size: linearly for SGD, by the "
-        "square root for AdamW (timm train.py's rule)." + RECIPE_NOTE,
+        "the recipe's LR for the batch it was measured at, scaled with --batch-size: by the square root (d2l: "
+        "linearly, as the chapter's summed loss does)." + RECIPE_NOTE,
         default=None,
     )
     head_lr_mult: Optional[float] = _doc("The new classifier head trains at this multiple of --lr (the chapter: "
