@@ -157,3 +157,21 @@ def test_two_processes_stopped_by_sigterm_resume_their_streams_bitwise(tmp_path)
     assert "resumed from" in result.stdout
     _same_state(list_checkpoints(tmp_path / "straight")[-1], list_checkpoints(tmp_path / "stopped")[-1])
     _same_history(tmp_path / "straight", tmp_path / "stopped")
+
+
+def test_a_hub_dataset_streams_over_http_into_a_run(tmp_path, hub, hub_dataset, hub_env):
+    """--dataset-name with --streaming, the way hf://datasets/... is read: shards fetched by Range from the local
+    Hub, labels from the repo's ClassLabel feature, the validation split through the decode-once cache."""
+    repo = hub_dataset("tests/photos-run", train=24, validation=6, num_shards=2)
+    seen = len(hub.requests)
+    run_script("finetune.py", "--streaming", "--dataset-name", repo, "--model", "test_resnet", "--no-pretrained",
+               "--img-size", "48", "--batch-size", "4", "--max-steps", "6", "--checkpoint-every", "3",
+               "--num-workers", "0", "--output-dir", tmp_path / "out", "--cache-dir", tmp_path / "cache",
+               "--calibrate", "none", env=hub_env)
+    run = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert run["data"]["streaming"] and run["label_names"] == ["cat", "dog", "bird"]
+    history = json.loads((tmp_path / "out" / "metrics.json").read_text())["history"]
+    assert [row["train_count"] for row in history] == [12, 12] and history[-1]["eval_count"] == 6
+    shard_reads = [(method, path, status) for method, path, status in hub.requests[seen:]
+                   if "/datasets/tests/photos-run/resolve/" in path and "train-" in path]
+    assert shard_reads and all(status in (200, 206) for _, _, status in shard_reads)
