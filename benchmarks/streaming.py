@@ -34,20 +34,25 @@ from benchmarks.spec import finetune_config, settings_model
 FOOD101_30 = REPO.parent / "shared" / "data" / "food101-30"
 
 
-def streamed_loader(shards: list[str], transform, batch_size: int, workers: int):
-    """The streamed train loader: parquet shards -> batches of {"pixel_values": uint8 images, "label"}, decoded
-    and transformed (`transform`: CHW uint8 in and out) in the DataLoader workers, between which a `datasets`
-    IterableDataset splits its shards. Swap in the project's streaming loader here once hf_finetune.data has
-    one: everything else measures whatever this returns."""
-    import torch
-    from datasets import load_dataset
-    from torchvision.transforms.v2 import functional as F
+def streamed_loader(shards: list[str], transform, settings, batch_size: int, workers: int):
+    """The project's streamed train loader (hf_finetune.data.stream_loader, what a --streaming run trains on):
+    parquet shards -> batches of {"pixel_values": uint8 images, "label"}, decoded and transformed in the
+    DataLoader workers, one pass over the shards per epoch."""
+    import math
 
-    stream = load_dataset("parquet", data_files=shards, split="train", streaming=True)
-    stream = stream.map(lambda row: {"pixel_values": transform(F.pil_to_tensor(row["image"].convert("RGB")))},
-                        remove_columns=["image"])
-    return torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=workers,
-                                       persistent_workers=workers > 0)  # as the cached loader's
+    import pyarrow.parquet as pq
+
+    from hf_finetune.config import FinetuneConfig
+    from hf_finetune.data.sources import load_image_data
+    from hf_finetune.data.stream_loader import create_stream_loader
+
+    pattern = str(Path(shards[0]).parent / "train-*.parquet")
+    data = load_image_data(FinetuneConfig(streaming=True, data_files=pattern, eval_data_files=shards[0],
+                                          max_eval_samples=2))
+    images = sum(pq.ParquetFile(path).metadata.num_rows for path in shards)
+    return create_stream_loader(data.train, transform, settings, batch_size, workers, seed=0, block_size=1000,
+                                max_bad_fraction=0.01, rank=0, world_size=1, device="cpu",
+                                batches=[math.ceil(images / batch_size)])
 
 
 def measure_streamed(spec: dict) -> dict:
@@ -57,9 +62,10 @@ def measure_streamed(spec: dict) -> dict:
     from hf_finetune.data.images import ImageSettings
     from hf_finetune.data.loaders import create_transforms
 
-    transform = create_transforms(ImageSettings.from_model(settings_model(spec)))[0]
-    return _timed_epochs(lambda: streamed_loader(spec["shards"], transform, spec["batch_size"], spec["workers"]),
-                         spec["epochs"])
+    settings = ImageSettings.from_model(settings_model(spec))
+    transform = create_transforms(settings)[0]
+    return _timed_epochs(lambda: streamed_loader(spec["shards"], transform, settings, spec["batch_size"],
+                                                 spec["workers"]), spec["epochs"])
 
 
 def measure_cached(spec: dict) -> dict:
