@@ -56,6 +56,7 @@ FINETUNE_ROWS = {
     "lr_scheduler": [["--lr-scheduler", "linear"]],
     "warmup_steps": [["--warmup-steps", "-1"]],
     "label_smoothing": [["--label-smoothing", "1"]],
+    "loss": [["--loss", "focal"]],
     "mixup": [["--mixup", "-1"]],
     "cutmix": [["--cutmix", "-1"]],
     "auto_augment": [["--auto-augment", "auto"]],

@@ -33,6 +33,8 @@ class Task(Protocol):
     card_rows: Sequence[tuple[str, str]]  # the card's results table: (metrics key, row title)
     class_weights: Optional[torch.Tensor]  # the loss's weight per label, or None (recorded in run_config.json)
     default_select_metric: str  # --select-metric when unset
+    losses: Sequence[str]  # the --loss values this task trains with
+    default_loss: str  # --loss when unset
     temperature_scaling: bool  # --calibrate temperature applies (one temperature fitted on the eval split)
     history_columns: Sequence[tuple[str, str]]  # metrics.json's eval columns: (metrics key, column suffix)
     per_label_key: str  # the create_metrics().compute() key of the per-label scores

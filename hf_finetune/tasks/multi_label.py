@@ -1,7 +1,7 @@
 """Multi-label classification: each image has any number of labels; a sigmoid per label, a threshold each.
 
 Targets are multi-hot vectors [batch, labels]. Training: binary cross-entropy with logits (label smoothing
-toward 1/2, `--class-weights balanced` as `pos_weight`). Decisions: a label is present when its sigmoid
+toward 1/2, `--class-weights balanced` as `pos_weight`), or `--loss asl`, timm's asymmetric loss. Decisions: a label is present when its sigmoid
 score reaches its threshold, tuned per label to the best F1 on the selection split (`tune_thresholds`) or
 0.5. Metrics: `multi_label_metrics.MultiLabelMetrics` (mAP, micro/macro F1, per-label AP/P/R/F1, exact match,
 hamming loss).
@@ -40,10 +40,24 @@ def balanced_pos_weight(targets: torch.Tensor) -> torch.Tensor:
     return (len(targets) - positives).double() / positives.double()
 
 
+def asymmetric_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each image's asymmetric loss (Ridnik et al. 2021; timm's AsymmetricLossMultiLabel at its defaults: gamma_neg
+    4, gamma_pos 1, clip 0.05), the mean over its labels as for BCE. timm's module returns one sum over the whole
+    batch at our timm floor (1.0.20; a `reduction` came later), so torch.func.vmap runs it on each image. In
+    float32: half-precision probabilities underflow its 1e-8 clamp."""
+    from timm.loss import AsymmetricLossMultiLabel
+
+    asl = AsymmetricLossMultiLabel()
+    per_image = torch.func.vmap(lambda row, target: asl(row[None], target[None]))(logits.float(), targets.float())
+    return per_image / logits.shape[1]
+
+
 class MultiLabel:
     name = "multi_label"
     select_metrics = MULTI_LABEL_SELECT_METRICS
     default_select_metric = "map"  # threshold-free, and what the card and Kaggle report
+    losses = ("bce", "asl")
+    default_loss = "bce"
     temperature_scaling = False  # one T per label would be needed: not built yet (README)
     # metrics.json's history columns: (metrics key, column suffix); eval_acc is the exact match, as train_acc
     history_columns = (("loss", "loss"), ("exact_match", "acc"), ("count", "count"), ("map", "map"),
@@ -59,12 +73,12 @@ class MultiLabel:
                  ("hamming_loss", "hamming loss"), ("loss", "loss"), ("count", "images"))
 
     def __init__(self, label_names: Sequence[str], thresholds: Optional[Sequence[float]] = None,
-                 label_smoothing: float = 0.0, pos_weight: Optional[torch.Tensor] = None):
+                 label_smoothing: float = 0.0, pos_weight: Optional[torch.Tensor] = None, loss: str = "bce"):
         self.label_names = list(label_names)
         self.thresholds = list(thresholds) if thresholds is not None else [DEFAULT_THRESHOLD] * len(self.label_names)
         if len(self.thresholds) != len(self.label_names):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.label_names)} labels")
-        self.label_smoothing, self.pos_weight = label_smoothing, pos_weight
+        self.label_smoothing, self.pos_weight, self.loss_name = label_smoothing, pos_weight, loss
 
     @property
     def class_weights(self) -> Optional[torch.Tensor]:
@@ -83,11 +97,15 @@ class MultiLabel:
             return cls(label_names)
         if config.mixup or config.cutmix:
             raise UserError("--mixup/--cutmix: not available for multi-label data yet; leave them at 0")
+        loss = config.loss or cls.default_loss
+        if loss == "asl" and config.class_weights:
+            raise UserError("--class-weights balanced weights BCE's positives; --loss asl has its own answer to "
+                            "imbalance (it down-weights easy negatives): use one of the two")
         pos_weight = None
         if config.class_weights == "balanced":
             pos_weight = balanced_pos_weight(torch.stack([multi_hot(row, len(label_names)) for row in train_labels]))
         thresholds = None if config.threshold is None else [config.threshold] * len(label_names)
-        return cls(label_names, thresholds, label_smoothing=config.label_smoothing, pos_weight=pos_weight)
+        return cls(label_names, thresholds, label_smoothing=config.label_smoothing, pos_weight=pos_weight, loss=loss)
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,11 +114,14 @@ class MultiLabel:
         return images, targets * (1 - self.label_smoothing) + self.label_smoothing / 2
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """BCE with logits, each positive term times its label's pos_weight; a sample's loss is the mean over
-        its labels, so "mean" is torch's mean over every (image, label)."""
-        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device, logits.dtype)
-        losses = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=pos_weight,
-                                                    reduction="none").mean(dim=1)
+        """BCE with logits, each positive term times its label's pos_weight, or the asymmetric loss (--loss asl);
+        a sample's loss is the mean over its labels, so "mean" is the mean over every (image, label)."""
+        if self.loss_name == "asl":
+            losses = asymmetric_losses(logits, targets)
+        else:
+            pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device, logits.dtype)
+            losses = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=pos_weight,
+                                                        reduction="none").mean(dim=1)
         return losses.mean() if reduction == "mean" else losses
 
     def eval_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

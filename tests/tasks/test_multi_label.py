@@ -79,3 +79,63 @@ def test_scores_top_labels_and_mistakes():
     assert task.confident_mistakes(task.probabilities(logits), labels, k=5) == [
         (1, 2, pytest.approx(0.8)), (0, 1, pytest.approx(0.6))]
     torch.testing.assert_close(task.merge_tta(logits, 3 * logits), 2 * logits)
+
+
+def test_asl_loss_is_timms_asymmetric_loss_as_a_mean_over_every_image_and_label():
+    """--loss asl: timm's AsymmetricLossMultiLabel (its defaults) on the smoothed targets, divided by the
+    (image, label) count as BCE's mean is; per image, the mean over its labels; the eval loss stays plain BCE."""
+    from timm.loss import AsymmetricLossMultiLabel
+
+    task = create_task(MULTI_LABEL, NAMES, FinetuneConfig(loss="asl", label_smoothing=0.1), [[0], [1, 2]])
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    _, targets = task.training_batch(torch.zeros(4, 3, 8, 8), TARGETS)
+    torch.testing.assert_close(targets, TARGETS * 0.9 + 0.05)
+    # timm's module on one image is that image's sum over its labels at every timm version (1.0.20 sums over the
+    # batch; later versions default to the sum over labels averaged over the batch)
+    per_image = torch.stack([AsymmetricLossMultiLabel()(row[None], target[None]) / 3
+                             for row, target in zip(logits, targets)])
+    loss = task.loss(logits, targets)
+    torch.testing.assert_close(loss, per_image.sum() * 3 / TARGETS.numel())  # timm's batch sum / (images x labels)
+    assert not torch.allclose(loss, F.binary_cross_entropy_with_logits(logits, targets))
+    torch.testing.assert_close(task.loss(logits, targets, reduction="none"), per_image)
+    loss.backward()  # it trains: a gradient reaches the logits
+    assert logits.grad.abs().sum() > 0
+    plain = F.binary_cross_entropy_with_logits(logits, TARGETS.float(), reduction="none").mean(dim=1)
+    torch.testing.assert_close(task.eval_losses(logits, TARGETS), plain)
+
+
+def test_loss_defaults_to_the_tasks_and_other_tasks_losses_are_one_error_line():
+    from conftest import resolved
+
+    assert resolved(FinetuneConfig(), task="multi-label").loss == "bce"
+    assert resolved(FinetuneConfig(), task="single_label").loss == "ce"
+    assert resolved(FinetuneConfig(loss="asl"), task="multi-label").loss == "asl"
+    assert create_task(MULTI_LABEL, NAMES, FinetuneConfig(), TARGETS).loss_name == "bce"
+    with pytest.raises(UserError, match="--loss asl: not a single-label loss; single-label data trains with ce, "
+                                        "multi-label data with bce, asl"):
+        create_task("single-label", NAMES, FinetuneConfig(loss="asl"), [0, 1, 2])
+    with pytest.raises(UserError, match="--loss ce: not a multi-label loss"):
+        create_task(MULTI_LABEL, NAMES, FinetuneConfig(loss="ce"), TARGETS)
+    with pytest.raises(UserError, match="--class-weights balanced weights BCE's positives; --loss asl"):
+        create_task(MULTI_LABEL, NAMES, FinetuneConfig(loss="asl", class_weights="balanced"), TARGETS)
+    with pytest.raises(UserError, match="--loss focal: use ce"):
+        FinetuneConfig(loss="focal").validate()
+
+
+def test_loss_is_part_of_the_resume_identity_and_the_cards_hyperparameter_rows(tmp_path):
+    from conftest import resolved
+
+    from hf_finetune.recipes import recipe_card_rows
+    from hf_finetune.train.identity import check_identity, run_identity
+
+    def identity(loss):
+        return run_identity(resolved(FinetuneConfig(loss=loss), task="multi-label"), NAMES, ("t", "e"), 1)
+
+    (tmp_path / "identity.json").write_text(__import__("json").dumps(identity(None)))
+    check_identity(tmp_path, identity("bce"))  # the default, written out, is the same run
+    with pytest.raises(UserError, match="other settings: --loss bce \\(now asl\\)"):
+        check_identity(tmp_path, identity("asl"))
+    config = resolved(FinetuneConfig(loss="asl"), task="multi-label").to_dict()
+    rows = dict(recipe_card_rows({"config": config}))
+    assert rows["loss"] == "asymmetric loss (timm AsymmetricLossMultiLabel: gamma_neg 4, gamma_pos 1, clip 0.05)"
+    assert dict(recipe_card_rows({"config": {**config, "loss": "bce"}}))["loss"] == "binary cross-entropy per label"

@@ -201,3 +201,16 @@ def test_multi_label_sigterm_mid_epoch_then_resume_is_bitwise_identical(tmp_path
                                                                                       tmp_path / "resumed"))
     assert [row["eval_map"] for row in straight["history"]] == [row["eval_map"] for row in resumed["history"]]
     assert straight["selected"]["eval"]["thresholds"] == resumed["selected"]["eval"]["thresholds"]
+
+
+@pytest.mark.slow
+def test_asl_run_trains_and_records_its_loss(tmp_path):
+    """--loss asl trains (the training loss falls over 3 epochs) and is recorded: run_config.json and the card's
+    hyper-parameter rows."""
+    data = make_multi_label_manifests(tmp_path / "colours", per_split=(32, 8))
+    run_script("finetune.py", *TRAINING, "--epochs", "3", "--img-size", "64", "--num-workers", "0", "--loss", "asl",
+               "--data-dir", data, "--output-dir", tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"], [row["train_loss"] for row in history]
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["config"]["loss"] == "asl"
+    assert "| loss | asymmetric loss (timm AsymmetricLossMultiLabel" in (tmp_path / "run" / "README.md").read_text()
