@@ -222,7 +222,8 @@ class FinetuneConfig:
     mixup: float = _doc(
         "Mixup alpha (timm's Mixup, on the normalized batch on its device; 0 = off): images and targets are "
         "mixed with a Beta(alpha, alpha) weight and the loss is the soft-target cross-entropy (with "
-        "--label-smoothing and --class-weights). Train accuracy is counted against the unmixed labels. "
+        "--label-smoothing and --class-weights); multi-label: the multi-hot targets are mixed alike (lam y + "
+        "(1 - lam) y_flipped) under --loss. Train accuracy is counted against the unmixed labels. "
         "E.g. 0.2.", default=0.0)
     cutmix: float = _doc("CutMix alpha (timm's Mixup; 0 = off); with --mixup too, each batch picks one of the "
                          "two with probability 0.5. E.g. 1.0.", default=0.0)
@@ -468,8 +469,8 @@ class RunFacts:
 
 def resolve_config(config: FinetuneConfig, facts: RunFacts) -> FinetuneConfig:
     """The run's record: a copy of `config` with every derived value resolved, in this one step (the recipe's
-    values, batch size, warm-up, workers, precision, the task's select metric and loss), checked. The run, run_config.json, the start-up line, the
-    card and the resume identity read it; `config` itself stays as given."""
+    values, batch size, warm-up, workers, precision, the task's select metric and loss), checked. The run,
+    run_config.json, the start-up line, the card and the resume identity read it; `config` itself stays as given."""
     if config.precision is not None:
         raise ValueError("resolve_config takes the options as given, not an already resolved record")
     resolved = dataclasses.replace(config.validate())

@@ -1,7 +1,8 @@
 """Multi-label classification: each image has any number of labels; a sigmoid per label, a threshold each.
 
 Targets are multi-hot vectors [batch, labels]. Training: binary cross-entropy with logits (label smoothing
-toward 1/2, `--class-weights balanced` as `pos_weight`), or `--loss asl`, timm's asymmetric loss. Decisions: a label is present when its sigmoid
+toward 1/2, `--class-weights balanced` as `pos_weight`), or `--loss asl`, timm's asymmetric loss; Mixup/CutMix
+mix the multi-hot targets (`mix_multi_hot`). Decisions: a label is present when its sigmoid
 score reaches its threshold, tuned per label to the best F1 on the selection split (`tune_thresholds`) or
 0.5. Metrics: `multi_label_metrics.MultiLabelMetrics` (mAP, micro/macro F1, per-label AP/P/R/F1, exact match,
 hamming loss).
@@ -19,6 +20,7 @@ from hf_finetune.config import MULTI_LABEL_SELECT_METRICS
 from hf_finetune.errors import UserError
 from hf_finetune.tasks.multi_label_metrics import (DEFAULT_THRESHOLD, MultiLabelMetrics, summary_line,
                                                    tune_thresholds)
+from hf_finetune.tasks.objective import numpy_seeded
 from hf_finetune.tasks.tta import mean_logits
 
 
@@ -52,6 +54,25 @@ def asymmetric_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return per_image / logits.shape[1]
 
 
+def mix_multi_hot(images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float, seed: int,
+                  key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup/CutMix of the batch with its flip (batch mode: one Beta draw, and a box for CutMix, per batch),
+    and the multi-hot targets mixed alike: lam y + (1 - lam) y.flip(0). timm's mixup_target one-hots class indices
+    (its multi_label option is newer than our timm floor, 1.0.20), so the batch's positions arange(B) are mixed
+    as B classes: that gives the mixing matrix M (row i: lam at i, 1 - lam at B-1-i), and M @ y mixes any targets
+    y. timm needs an even batch: an odd last batch leaves its last image unmixed. Seeded per batch
+    (`objective.numpy_seeded`)."""
+    from timm.data import Mixup
+
+    even = len(targets) - len(targets) % 2
+    if even:
+        mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=0.0, num_classes=even)
+        with numpy_seeded(seed, key):
+            images[:even], mixing = mixer(images[:even], torch.arange(even, device=images.device))
+        targets[:even] = mixing.to(targets.dtype) @ targets[:even]
+    return images, targets
+
+
 class MultiLabel:
     name = "multi_label"
     select_metrics = MULTI_LABEL_SELECT_METRICS
@@ -73,12 +94,14 @@ class MultiLabel:
                  ("hamming_loss", "hamming loss"), ("loss", "loss"), ("count", "images"))
 
     def __init__(self, label_names: Sequence[str], thresholds: Optional[Sequence[float]] = None,
-                 label_smoothing: float = 0.0, pos_weight: Optional[torch.Tensor] = None, loss: str = "bce"):
+                 label_smoothing: float = 0.0, pos_weight: Optional[torch.Tensor] = None, loss: str = "bce",
+                 mixing: Optional[tuple[float, float, int]] = None):
         self.label_names = list(label_names)
         self.thresholds = list(thresholds) if thresholds is not None else [DEFAULT_THRESHOLD] * len(self.label_names)
         if len(self.thresholds) != len(self.label_names):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.label_names)} labels")
         self.label_smoothing, self.pos_weight, self.loss_name = label_smoothing, pos_weight, loss
+        self.mixing = mixing  # (mixup alpha, cutmix alpha, seed) or None
 
     @property
     def class_weights(self) -> Optional[torch.Tensor]:
@@ -95,8 +118,6 @@ class MultiLabel:
         """With the run's config and the train split's multi-hot labels: its loss options."""
         if config is None:
             return cls(label_names)
-        if config.mixup or config.cutmix:
-            raise UserError("--mixup/--cutmix: not available for multi-label data yet; leave them at 0")
         loss = config.loss or cls.default_loss
         if loss == "asl" and config.class_weights:
             raise UserError("--class-weights balanced weights BCE's positives; --loss asl has its own answer to "
@@ -105,12 +126,18 @@ class MultiLabel:
         if config.class_weights == "balanced":
             pos_weight = balanced_pos_weight(torch.stack([multi_hot(row, len(label_names)) for row in train_labels]))
         thresholds = None if config.threshold is None else [config.threshold] * len(label_names)
-        return cls(label_names, thresholds, label_smoothing=config.label_smoothing, pos_weight=pos_weight, loss=loss)
+        mixing = (config.mixup, config.cutmix, config.seed) if config.mixup or config.cutmix else None
+        return cls(label_names, thresholds, config.label_smoothing, pos_weight, loss, mixing)
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float multi-hot targets, smoothed toward 1/2: (1 - s) y + s / 2."""
-        targets = labels.to(images.dtype if images.is_floating_point() else torch.float32)
+        """Float multi-hot targets, mixed with the images by Mixup/CutMix if asked for (`mix_multi_hot`), smoothed
+        toward 1/2: (1 - s) y + s / 2 (linear: the same before or after mixing, as timm's own multi-label
+        mixup_target smooths)."""
+        # a copy: mixing writes into the targets, and the engine counts hits against the unmixed labels
+        targets = labels.to(images.dtype if images.is_floating_point() else torch.float32, copy=True)
+        if self.mixing is not None:
+            images, targets = mix_multi_hot(images, targets, *self.mixing, key=key)
         return images, targets * (1 - self.label_smoothing) + self.label_smoothing / 2
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -44,8 +44,6 @@ def test_loss_is_bce_with_logits_with_balanced_pos_weight_and_smoothing():
 def test_options_it_cannot_honour_are_one_error_line():
     with pytest.raises(UserError, match="label\\(s\\) \\[2\\] have no positive training image"):
         balanced_pos_weight(torch.tensor([[1, 0, 0], [0, 1, 0]]))
-    with pytest.raises(UserError, match="--mixup/--cutmix: not available for multi-label"):
-        create_task(MULTI_LABEL, NAMES, FinetuneConfig(mixup=0.2), TARGETS)
     with pytest.raises(UserError, match="--select-metric accuracy: not a multi-label metric; use one of eval_loss"):
         MultiLabel(NAMES).check_select_metric("accuracy")
     MultiLabel(NAMES).check_select_metric("map")
@@ -139,3 +137,31 @@ def test_loss_is_part_of_the_resume_identity_and_the_cards_hyperparameter_rows(t
     rows = dict(recipe_card_rows({"config": config}))
     assert rows["loss"] == "asymmetric loss (timm AsymmetricLossMultiLabel: gamma_neg 4, gamma_pos 1, clip 0.05)"
     assert dict(recipe_card_rows({"config": {**config, "loss": "bce"}}))["loss"] == "binary cross-entropy per label"
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0)])
+def test_mixup_and_cutmix_mix_the_multi_hot_targets_as_the_images(mixup, cutmix):
+    """Image i is blended with image B-1-i by one weight lam per batch (for CutMix, the share of its own pixels);
+    its targets are lam y_i + (1 - lam) y_(B-1-i), then smoothed toward 1/2; an odd batch's last image is left
+    as it is. The same key mixes the same way (a resumed run), and the labels given are not changed."""
+    task = create_task(MULTI_LABEL, NAMES, FinetuneConfig(mixup=mixup, cutmix=cutmix, label_smoothing=0.1, seed=3),
+                       TARGETS)
+    labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 0, 1], [0, 0, 1]], dtype=torch.float32)
+    images = torch.arange(5.0).reshape(5, 1, 1, 1).expand(5, 3, 8, 8).contiguous()  # image i: all pixels i
+    mixed, targets = task.training_batch(images.clone(), labels, key=(1, 0, 0))
+    if mixup:
+        lam = 1 - float(mixed[0, 0, 0, 0]) / 3  # image 0 = lam * 0 + (1 - lam) * 3
+        torch.testing.assert_close(mixed[:4], lam * images[:4] + (1 - lam) * images[:4].flip(0))
+    else:
+        lam = float((mixed[0] == 0).float().mean())  # the share of image 0's pixels that are still its own
+        assert set(mixed[0].unique().tolist()) == {0.0, 3.0}
+    assert 0 < lam < 1
+    expected = lam * labels[:4] + (1 - lam) * labels[:4].flip(0)
+    torch.testing.assert_close(targets[:4], expected * 0.9 + 0.05)
+    torch.testing.assert_close(targets[4], labels[4] * 0.9 + 0.05)  # the odd one out: unmixed
+    torch.testing.assert_close(mixed[4], images[4])
+    assert labels[0].tolist() == [1, 0, 0]
+    again, again_targets = task.training_batch(images.clone(), labels, key=(1, 0, 0))
+    torch.testing.assert_close((again, again_targets), (mixed, targets))
+    other, _ = task.training_batch(images.clone(), labels, key=(1, 1, 0))
+    assert not torch.equal(other, mixed)

@@ -214,3 +214,17 @@ def test_asl_run_trains_and_records_its_loss(tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"], [row["train_loss"] for row in history]
     assert json.loads((tmp_path / "run" / "run_config.json").read_text())["config"]["loss"] == "asl"
     assert "| loss | asymmetric loss (timm AsymmetricLossMultiLabel" in (tmp_path / "run" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_mixup_and_cutmix_run_on_multi_label_data(tmp_path):
+    """--mixup and --cutmix train a multi-label run (an odd last batch included: 17 images at batch 8) and the card
+    says so."""
+    data = make_multi_label_manifests(tmp_path / "colours", per_split=(17, 8))
+    result = run_script("finetune.py", *TRAINING, "--img-size", "64", "--num-workers", "0", "--mixup", "0.2",
+                        "--cutmix", "1.0", "--data-dir", data, "--output-dir", tmp_path / "run")
+    assert "task: multi-label" in result.stdout + result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert all(0 < row["train_loss"] < 1 and 0 <= row["eval_map"] <= 1 for row in metrics["history"])
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "| mixup / cutmix | mixup alpha 0.2, cutmix alpha 1 (timm Mixup" in card
