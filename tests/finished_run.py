@@ -32,3 +32,53 @@ def train_run(output_dir: Path, *args, env=None) -> Path:
     """scripts/finetune.py with TRAINING_ARGS and `args` (later flags win), into output_dir."""
     run_script("finetune.py", *TRAINING_ARGS, *args, "--output-dir", output_dir, env=env)
     return output_dir
+
+
+MULTI_LABELS = ("red", "green", "blue")
+_COMBINATIONS = ("red", "green", "blue", "red green", "green blue", "red blue", "red green blue", "")
+MULTI_LABEL_TRAINING = ("--model", "test_resnet", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--recipe",
+                        "d2l", "--mixed-precision", "no")
+_MULTI_LABEL_RUN: list[tuple[Path, Path, str]] = []
+
+
+def make_multi_label_manifests(root: Path, per_split=(16, 8)) -> Path:
+    """train.csv / val.csv of 40x32 JPEGs that show one bright colour channel per label they carry."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "val"), per_split):
+        rows = []
+        for index in range(count):
+            labels = _COMBINATIONS[index % len(_COMBINATIONS)].split()
+            pixels = rng.normal(40, 20, (32, 40, 3))
+            for label in labels:
+                pixels[..., MULTI_LABELS.index(label)] += 160
+            name = f"{split}/{index}.jpg"
+            (root / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name, quality=90)
+            rows.append((name, " ".join(labels)))
+        with open(root / f"{split}.csv", "w", newline="") as file:
+            csv.writer(file).writerows([("image", "labels"), *rows])
+    return root
+
+
+def finished_multi_label_run() -> tuple[Path, Path, str]:
+    """(run folder, data folder, the run's output) of one 2-epoch multi-label run on make_multi_label_manifests,
+    trained once per test session: read it, or copy it (make_finished_multi_label_run) to change it."""
+    if not _MULTI_LABEL_RUN:
+        workdir = Path(tempfile.mkdtemp(dir=HERMETIC_ROOT, prefix="finished-multi-label-"))
+        data = make_multi_label_manifests(workdir / "colours")
+        result = run_script("finetune.py", *MULTI_LABEL_TRAINING, "--data-dir", data, "--output-dir",
+                            workdir / "run")
+        _MULTI_LABEL_RUN.append((workdir / "run", data, result.stdout + result.stderr))
+    return _MULTI_LABEL_RUN[0]
+
+
+def make_finished_multi_label_run(output_dir: Path) -> tuple[Path, Path]:
+    """A copy of the session's multi-label run in output_dir, and its data folder."""
+    run, data, _ = finished_multi_label_run()
+    shutil.copytree(run, output_dir, dirs_exist_ok=True)
+    return output_dir, data

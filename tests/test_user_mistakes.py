@@ -111,7 +111,8 @@ SCRIPT_ROWS = {
     },
     "evaluate.py": {
         "model": [["{missing}", "{folder}"]],
-        "data": [["user/model", "{missing}"]],
+        "data": [["user/model", "{missing}"], ["user/model", "{image}"]],
+        "label_delimiter": [["user/model", "{folder}", "--label-delimiter", ""]],
         "output_dir": [["user/model", "{folder}", "--output-dir", "{file}"]],
         "overwrite": [["user/model", "{folder}", "--overwrite=yes"]],
         "tta": [["user/model", "{folder}", "--tta", "rotate"]],

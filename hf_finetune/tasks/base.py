@@ -2,7 +2,7 @@
 
 A task turns labels into training targets and scores logits against them (`training_batch`, `loss`,
 `eval_losses`, `hits`), turns logits into scores and decisions (`probabilities`, `top_labels`,
-`confident_mistakes`), merges test-time augmentation (`merge_tta`), measures (`create_metrics`,
+`confident_mistakes`, `mistake_caption`), merges test-time augmentation (`merge_tta`), measures (`create_metrics`,
 `summary_line`, `select_metrics`) and says what the card reports (`card_metrics`, `card_metric_ids`,
 `card_rows`). `tasks.single_label.SingleLabel` is the first implementation.
 """
@@ -67,9 +67,12 @@ class Task(Protocol):
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         """One image's logits from those of the image and of its mirror."""
 
-    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
-                           k: int) -> list[tuple[int, int, float]]:
-        """The (at most) k most confident wrong decisions: (sample index, predicted label, its score)."""
+    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict]:
+        """The (at most) k most confident wrong decisions (of each kind, where there are several), most confident
+        first: {"index": the sample's, ...: what was wrong, by label name, and the score}."""
+
+    def mistake_caption(self, mistake: dict) -> str:
+        """A few short lines on one of `confident_mistakes` (mistakes.png's caption)."""
 
     def fit_decisions(self, metrics: Metrics, fixed_threshold: Optional[float] = None) -> bool:
         """Fit the decisions to the scores `metrics` gathered (the selection split's); True when they changed,

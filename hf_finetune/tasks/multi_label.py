@@ -181,13 +181,24 @@ class MultiLabel:
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         return mean_logits(logits, mirrored_logits)
 
-    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
-                           k: int) -> list[tuple[int, int, float]]:
-        """The k most confident false positives: (image, the label wrongly decided, its score)."""
-        probabilities, labels = torch.as_tensor(probabilities), torch.as_tensor(labels).bool()
-        wrong = (probabilities >= torch.tensor(self.thresholds)) & ~labels
-        found = [(int(image), int(label), float(probabilities[image, label])) for image, label in wrong.nonzero()]
-        return sorted(found, key=lambda mistake: (-mistake[2], mistake[0], mistake[1]))[:k]
+    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict]:
+        """The k most confident false positives (a label decided present that the image lacks, highest score
+        first), then the k most confident false negatives (a label it has, decided absent, lowest score first):
+        {index, true (the image's labels), kind, label, probability (the label's score)}."""
+        probabilities, labels = torch.as_tensor(probabilities).float(), torch.as_tensor(labels).bool()
+        decided = probabilities >= torch.tensor(self.thresholds)
+        found = []
+        for kind, wrong, sign in (("false positive", decided & ~labels, -1), ("false negative", ~decided & labels, 1)):
+            ranked = sorted(((sign * float(probabilities[image, label]), int(image), int(label))
+                             for image, label in wrong.nonzero()))[:k]
+            found += [{"index": image, "true": [self.label_names[i] for i in labels[image].nonzero().reshape(-1)],
+                       "kind": kind, "label": self.label_names[label], "probability": sign * score}
+                      for score, image, label in ranked]
+        return found
+
+    def mistake_caption(self, mistake: dict) -> str:
+        return (f"labels: {' '.join(mistake['true']) or '(none)'}\n{mistake['kind']}: {mistake['label']}\n"
+                f"p = {mistake['probability']:.2f}")
 
     def fit_decisions(self, metrics: MultiLabelMetrics, fixed_threshold: Optional[float] = None) -> bool:
         """The thresholds: `fixed_threshold` (--threshold) for every label, or tuned on the scores `metrics`

@@ -72,10 +72,18 @@ def test_scores_top_labels_and_mistakes():
     top = task.top_labels(logits, top_k=2)
     assert [[name for name, _ in row] for row in top] == [["bread", "cheese"], ["cheese", "wine"]]
     assert top[1][0][1] == pytest.approx(0.95)
-    labels = torch.tensor([[1, 0, 0], [0, 1, 0]])
-    # false positives, most confident first: wine in image 1 (0.8), cheese in image 0 (0.6)
-    assert task.confident_mistakes(task.probabilities(logits), labels, k=5) == [
-        (1, 2, pytest.approx(0.8)), (0, 1, pytest.approx(0.6))]
+    labels = torch.tensor([[1, 0, 0], [1, 1, 0]])
+    # false positives, most confident first: wine in image 1 (0.8), cheese in image 0 (0.6); then the false
+    # negative: bread in image 1 (0.3)
+    mistakes = task.confident_mistakes(task.probabilities(logits), labels, k=5)
+    assert mistakes == [
+        {"index": 1, "true": ["bread", "cheese"], "kind": "false positive", "label": "wine",
+         "probability": pytest.approx(0.8)},
+        {"index": 0, "true": ["bread"], "kind": "false positive", "label": "cheese", "probability": pytest.approx(0.6)},
+        {"index": 1, "true": ["bread", "cheese"], "kind": "false negative", "label": "bread",
+         "probability": pytest.approx(0.3)}]
+    assert [m["label"] for m in task.confident_mistakes(task.probabilities(logits), labels, k=1)] == ["wine", "bread"]
+    assert task.mistake_caption(mistakes[2]) == "labels: bread cheese\nfalse negative: bread\np = 0.30"
     torch.testing.assert_close(task.merge_tta(logits, 3 * logits), 2 * logits)
 
 

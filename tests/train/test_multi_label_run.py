@@ -10,42 +10,15 @@ from pathlib import Path
 
 import pytest
 from conftest import run_script
-
-LABELS = ("red", "green", "blue")
-COMBINATIONS = ("red", "green", "blue", "red green", "green blue", "red blue", "red green blue", "")
-TRAINING = ("--model", "test_resnet", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--recipe", "d2l",
-            "--mixed-precision", "no")
-
-
-def make_multi_label_manifests(root: Path, per_split=(16, 8)) -> Path:
-    """train.csv / val.csv of 40x32 JPEGs that show one bright colour channel per label they carry."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in zip(("train", "val"), per_split):
-        rows = []
-        for index in range(count):
-            labels = COMBINATIONS[index % len(COMBINATIONS)].split()
-            pixels = rng.normal(40, 20, (32, 40, 3))
-            for label in labels:
-                pixels[..., LABELS.index(label)] += 160
-            name = f"{split}/{index}.jpg"
-            (root / split).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name, quality=90)
-            rows.append((name, " ".join(labels)))
-        with open(root / f"{split}.csv", "w", newline="") as file:
-            csv.writer(file).writerows([("image", "labels"), *rows])
-    return root
+from finished_run import MULTI_LABEL_TRAINING as TRAINING
+from finished_run import MULTI_LABELS as LABELS
+from finished_run import finished_multi_label_run, make_multi_label_manifests
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path, str]:
-    """(run folder, data folder, the run's output) of one 2-epoch multi-label run, shared by this module."""
-    root = tmp_path_factory.mktemp("multi-label")
-    data = make_multi_label_manifests(root / "colours")
-    result = run_script("finetune.py", *TRAINING, "--data-dir", data, "--output-dir", root / "run")
-    return root / "run", data, result.stdout + result.stderr
+def trained() -> tuple[Path, Path, str]:
+    """(run folder, data folder, the run's output) of the session's 2-epoch multi-label run: read, not changed."""
+    return finished_multi_label_run()
 
 
 @pytest.mark.slow
