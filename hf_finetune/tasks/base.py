@@ -33,6 +33,7 @@ class Task(Protocol):
     card_rows: Sequence[tuple[str, str]]  # the card's results table: (metrics key, row title)
     class_weights: Optional[torch.Tensor]  # the loss's weight per label, or None (recorded in run_config.json)
     default_select_metric: str  # --select-metric when unset
+    accuracy_name: str  # what the history's train_acc / eval_acc (the `hits` share) measure, in words
     losses: Sequence[str]  # the --loss values this task trains with
     default_loss: str  # --loss when unset
     temperature_scaling: bool  # --calibrate temperature applies (one temperature fitted on the eval split)

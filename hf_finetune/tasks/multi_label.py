@@ -77,6 +77,7 @@ class MultiLabel:
     name = "multi_label"
     select_metrics = MULTI_LABEL_SELECT_METRICS
     default_select_metric = "map"  # threshold-free, and what the card and Kaggle report
+    accuracy_name = "exact match"  # subset accuracy: every label of the image decided right (`hits`)
     losses = ("bce", "asl")
     default_loss = "bce"
     temperature_scaling = False  # one T per label would be needed: not built yet (README)

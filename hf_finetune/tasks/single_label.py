@@ -28,6 +28,7 @@ class SingleLabel:
     card_rows = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
                  ("top5", "top-5 accuracy"), ("loss", "loss"), ("count", "images"))
     default_select_metric = "eval_loss"
+    accuracy_name = "accuracy"
     losses = ("ce",)  # cross-entropy (objective.TrainingObjective)
     default_loss = "ce"
     temperature_scaling = True  # one T for the softmax (tasks/calibration.py)

@@ -59,6 +59,11 @@ def _check_card(run: Path, metrics: dict) -> None:
         assert f"| {name} | {scores['ap']:.4f} |" in card.text
         assert f"| {scores['threshold']:.4f} | {scores['support']} |" in card.text
     assert "tuned per label to its best F1 on the `val` split" in card.text
+    # the history's eval_acc / train_acc of a multi-label run are exact matches (subset accuracy): so named
+    final = metrics["final"]
+    assert f"| eval exact match | {final['eval_acc']:.4f} |" in card.text and "| train exact match |" in card.text
+    assert "| epoch | train loss | train exact match | eval loss | eval exact match |" in card.text
+    assert "accuracy |" not in card.text and "acc |" not in card.text
 
 
 def _check_saved_thresholds_and_sigmoid_pipeline(run: Path, metrics: dict, image: Path) -> None:
