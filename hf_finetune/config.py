@@ -323,9 +323,9 @@ class FinetuneConfig:
 
     push_to_hub: Optional[str] = _doc(
         "After training, publish config.json, model.safetensors, README.md (the generated model card), "
-        "training_curves.png, confusion_matrix.png and calibration.png to this Hub repo ('user/name') in one "
-        "commit, then pull it back and check the logits. The token comes from HF_TOKEN or `hf auth login`, never "
-        "from a flag.",
+        "training_curves.png, confusion_matrix.png (multi-label: per_label_ap.png) and calibration.png to this Hub "
+        "repo ('user/name') in one commit, then pull it back and check the logits. The token comes from HF_TOKEN "
+        "or `hf auth login`, never from a flag.",
         default=None,
     )
     hub_public: bool = _doc("Make a newly created Hub repo public (default: private).", default=False)

@@ -83,6 +83,7 @@ def _template_context(run: dict, metrics: dict, repo_id: str, output_dir: Path) 
         epoch_columns=_epoch_columns(metrics["history"], task.accuracy_name),
         epoch_rows=_epoch_rows(metrics["history"]), has_curves=(output_dir / "training_curves.png").is_file(),
         has_confusion=(output_dir / "confusion_matrix.png").is_file(),
+        has_per_label_ap=(output_dir / "per_label_ap.png").is_file(),
         has_calibration_plot=(output_dir / "calibration.png").is_file(), **results_context(run, metrics),
         hyperparameters=_hyperparameter_rows(run, metrics), param_groups=_param_group_rows(run),
         training_details=_training_details(run, metrics),

@@ -64,6 +64,7 @@ def _check_card(run: Path, metrics: dict) -> None:
     assert f"| eval exact match | {final['eval_acc']:.4f} |" in card.text and "| train exact match |" in card.text
     assert "| epoch | train loss | train exact match | eval loss | eval exact match |" in card.text
     assert "accuracy |" not in card.text and "acc |" not in card.text
+    assert "![Average precision per label on the val split](per_label_ap.png)" in card.text
 
 
 def _check_saved_thresholds_and_sigmoid_pipeline(run: Path, metrics: dict, image: Path) -> None:
