@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_image_folder, run_script
-from finished_run import MULTI_LABELS, finished_multi_label_run
+from finished_run import MULTI_LABELS, make_finished_multi_label_run
 
 from hf_finetune.errors import UserError
 from hf_finetune.evaluate.labelled import find_labelled_images
@@ -19,7 +19,7 @@ def test_evaluate_reproduces_the_runs_eval_metrics_and_shows_false_positives_and
     """From the data folder (its val.csv) and from the manifest itself: the run's selected-epoch eval numbers,
     exactly (the loss up to float rounding); per_label_ap.png, mistakes.png and report.md; every false
     positive and false negative at the saved thresholds, each kind most confident first."""
-    run, data, _ = finished_multi_label_run()
+    run, data = make_finished_multi_label_run(tmp_path / "run")
     expected = json.loads((run / "metrics.json").read_text())["selected"]["eval"]
     for source, out in ((data, tmp_path / "folder"), (data / "val.csv", tmp_path / "manifest")):
         result = run_script("evaluate.py", run, source, "--output-dir", out, "--mistakes", "100")

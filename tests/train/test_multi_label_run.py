@@ -10,15 +10,19 @@ from pathlib import Path
 
 import pytest
 from conftest import run_script
-from finished_run import MULTI_LABEL_TRAINING as TRAINING
-from finished_run import MULTI_LABELS as LABELS
-from finished_run import finished_multi_label_run, make_multi_label_manifests
+from finished_run import MULTI_LABEL_TRAINING, MULTI_LABELS, make_multi_label_manifests
+
+LABELS = MULTI_LABELS
+TRAINING = MULTI_LABEL_TRAINING
 
 
 @pytest.fixture(scope="module")
-def trained() -> tuple[Path, Path, str]:
-    """(run folder, data folder, the run's output) of the session's 2-epoch multi-label run: read, not changed."""
-    return finished_multi_label_run()
+def trained(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(run folder, data folder, the run's output) of one 2-epoch multi-label run, shared by this module."""
+    root = tmp_path_factory.mktemp("multi-label")
+    data = make_multi_label_manifests(root / "colours")
+    result = run_script("finetune.py", *TRAINING, "--data-dir", data, "--output-dir", root / "run")
+    return root / "run", data, result.stdout + result.stderr
 
 
 @pytest.mark.slow
