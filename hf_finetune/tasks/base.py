@@ -2,8 +2,8 @@
 
 A task turns labels into training targets and scores logits against them (`training_batch`, `loss`,
 `eval_losses`, `hits`), turns logits into scores and decisions (`probabilities`, `top_labels`,
-`confident_mistakes`, `mistake_caption`), merges test-time augmentation (`merge_tta`), measures (`create_metrics`,
-`summary_line`, `select_metrics`) and says what the card reports (`card_metrics`, `card_metric_ids`,
+`confident_mistakes`, `mistake_caption`), merges test-time augmentation (`merge_tta`), measures
+(`create_metrics`, `summary_line`, `select_metrics`) and says what the card reports (`card_metrics`, `card_metric_ids`,
 `card_rows`). `tasks.single_label.SingleLabel` is the first implementation.
 """
 
@@ -33,14 +33,14 @@ class Task(Protocol):
     card_rows: Sequence[tuple[str, str]]  # the card's results table: (metrics key, row title)
     class_weights: Optional[torch.Tensor]  # the loss's weight per label, or None (recorded in run_config.json)
     default_select_metric: str  # --select-metric when unset
-    accuracy_name: str  # what the history's train_acc / eval_acc (the `hits` share) measure, in words
-    losses: Sequence[str]  # the --loss values this task trains with
-    default_loss: str  # --loss when unset
     temperature_scaling: bool  # --calibrate temperature applies (one temperature fitted on the eval split)
     history_columns: Sequence[tuple[str, str]]  # metrics.json's eval columns: (metrics key, column suffix)
     per_label_key: str  # the create_metrics().compute() key of the per-label scores
     card_per_label: Sequence[tuple[str, str]]  # the card's per-label table: (per-label score key, column title)
     label_encoder: Optional[Callable]  # applied by the loaders to each row's label (None: kept as it is)
+    losses: Sequence[str]  # the --loss values this task trains with
+    default_loss: str  # --loss when unset
+    accuracy_name: str  # what the history's train_acc / eval_acc (the `hits` share) measure, in words
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:

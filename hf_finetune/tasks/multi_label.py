@@ -77,9 +77,6 @@ class MultiLabel:
     name = "multi_label"
     select_metrics = MULTI_LABEL_SELECT_METRICS
     default_select_metric = "map"  # threshold-free, and what the card and Kaggle report
-    accuracy_name = "exact match"  # subset accuracy: every label of the image decided right (`hits`)
-    losses = ("bce", "asl")
-    default_loss = "bce"
     temperature_scaling = False  # one T per label would be needed: not built yet (README)
     # metrics.json's history columns: (metrics key, column suffix); eval_acc is the exact match, as train_acc
     history_columns = (("loss", "loss"), ("exact_match", "acc"), ("count", "count"), ("map", "map"),
@@ -94,6 +91,10 @@ class MultiLabel:
     card_rows = (("map", "mAP"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("exact_match", "exact match"),
                  ("hamming_loss", "hamming loss"), ("loss", "loss"), ("count", "images"))
 
+    losses = ("bce", "asl")
+    default_loss = "bce"
+    accuracy_name = "exact match"  # subset accuracy: every label of the image decided right (`hits`)
+
     def __init__(self, label_names: Sequence[str], thresholds: Optional[Sequence[float]] = None,
                  label_smoothing: float = 0.0, pos_weight: Optional[torch.Tensor] = None, loss: str = "bce",
                  mixing: Optional[tuple[float, float, int]] = None):
@@ -101,8 +102,8 @@ class MultiLabel:
         self.thresholds = list(thresholds) if thresholds is not None else [DEFAULT_THRESHOLD] * len(self.label_names)
         if len(self.thresholds) != len(self.label_names):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.label_names)} labels")
-        self.label_smoothing, self.pos_weight, self.loss_name = label_smoothing, pos_weight, loss
-        self.mixing = mixing  # (mixup alpha, cutmix alpha, seed) or None
+        self.loss_name, self.mixing = loss, mixing  # mixing: (mixup alpha, cutmix alpha, seed) or None
+        self.label_smoothing, self.pos_weight = label_smoothing, pos_weight
 
     @property
     def class_weights(self) -> Optional[torch.Tensor]:
