@@ -244,10 +244,17 @@ class FinetuneConfig:
     label_smoothing: Optional[float] = _doc(
         "Cross-entropy label smoothing: the target puts 1 - s on the label and s / classes on every class "
         "(torch's F.cross_entropy label_smoothing)." + RECIPE_NOTE, default=None)
+    loss: Optional[Literal["ce", "bce", "asl"]] = _doc(
+        "The training loss (the eval loss stays the plain one, so runs compare). Single-label: 'ce', cross-entropy "
+        "(the only one). Multi-label: 'bce', binary cross-entropy with logits per label (default); 'asl', the "
+        "asymmetric loss of Ridnik et al. 2021 (timm's AsymmetricLossMultiLabel at its defaults: gamma_neg 4, "
+        "gamma_pos 1, clip 0.05), which down-weights the many easy negatives; both are the mean over every (image, "
+        "label), so --lr carries over. Default: the task's.", default=None)
     mixup: float = _doc(
         "Mixup alpha (timm's Mixup, on the normalized batch on its device; 0 = off): images and targets are "
         "mixed with a Beta(alpha, alpha) weight and the loss is the soft-target cross-entropy (with "
-        "--label-smoothing and --class-weights). Train accuracy is counted against the unmixed labels. "
+        "--label-smoothing and --class-weights); multi-label: the multi-hot targets are mixed alike (lam y + "
+        "(1 - lam) y_flipped) under --loss. Train accuracy is counted against the unmixed labels. "
         "E.g. 0.2.", default=0.0)
     cutmix: float = _doc("CutMix alpha (timm's Mixup; 0 = off); with --mixup too, each batch picks one of the "
                          "two with probability 0.5. E.g. 1.0.", default=0.0)
@@ -358,9 +365,9 @@ class FinetuneConfig:
 
     push_to_hub: Optional[str] = _doc(
         "After training, publish config.json, model.safetensors, README.md (the generated model card), "
-        "training_curves.png, confusion_matrix.png and calibration.png to this Hub repo ('user/name') in one "
-        "commit, then pull it back and check the logits. The token comes from HF_TOKEN or `hf auth login`, never "
-        "from a flag.",
+        "training_curves.png, confusion_matrix.png (multi-label: per_label_ap.png) and calibration.png to this Hub "
+        "repo ('user/name') in one commit, then pull it back and check the logits. The token comes from HF_TOKEN "
+        "or `hf auth login`, never from a flag.",
         default=None,
     )
     hub_public: bool = _doc("Make a newly created Hub repo public (default: private).", default=False)
@@ -412,6 +419,8 @@ class FinetuneConfig:
         if self.select_metric is not None and self.select_metric not in known:
             raise UserError(f"--select-metric {self.select_metric}: unknown; use one of {', '.join(SELECT_METRICS)} "
                             f"(single-label) or {', '.join(MULTI_LABEL_SELECT_METRICS)} (multi-label)")
+        if self.loss not in (None, "ce", "bce", "asl"):  # a --config file bypasses the flag's choices
+            raise UserError(f"--loss {self.loss}: use ce (single-label), bce or asl (multi-label)")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise UserError(f"--threshold must be between 0 and 1 (a sigmoid score), got {self.threshold}")
         if self.patience is not None and self.patience < 1:
@@ -516,12 +525,13 @@ class RunFacts:
     precision: Precision  # hardware.machine_precision's choice for --mixed-precision
     default_num_workers: int  # DataLoader workers per process when --num-workers is not given
     default_select_metric: str  # the task's, when --select-metric is not given (tasks: Task.default_select_metric)
+    default_loss: str  # the task's, when --loss is not given (tasks: Task.default_loss)
 
 
 def resolve_config(config: FinetuneConfig, facts: RunFacts) -> FinetuneConfig:
     """The run's record: a copy of `config` with every derived value resolved, in this one step (the recipe's
-    values, batch size, warm-up, workers, precision), checked. The run, run_config.json, the start-up line, the
-    card and the resume identity read it; `config` itself stays as given."""
+    values, batch size, warm-up, workers, precision, the task's select metric and loss), checked. The run,
+    run_config.json, the start-up line, the card and the resume identity read it; `config` itself stays as given."""
     if config.precision is not None:
         raise ValueError("resolve_config takes the options as given, not an already resolved record")
     resolved = dataclasses.replace(config.validate())
@@ -535,6 +545,8 @@ def resolve_config(config: FinetuneConfig, facts: RunFacts) -> FinetuneConfig:
         resolved.num_workers = facts.default_num_workers
     if resolved.select_metric is None:
         resolved.select_metric = facts.default_select_metric
+    if resolved.loss is None:
+        resolved.loss = facts.default_loss
     resolved.precision = facts.precision
     return resolved.validate()
 

@@ -178,6 +178,9 @@ def recipe_card_rows(run: dict) -> list[tuple[str, str]]:
     if "label_smoothing" not in config:  # a run from before the regularizers existed
         return rows
     mixing = [f"{name} alpha {config[name]:g}" for name in ("mixup", "cutmix") if config.get(name)]
+    losses = {"ce": "cross-entropy", "bce": "binary cross-entropy per label",
+              "asl": "asymmetric loss (timm AsymmetricLossMultiLabel: gamma_neg 4, gamma_pos 1, clip 0.05)"}
+    rows += [("loss", losses[config["loss"]])] if config.get("loss") else []
     rows += [("label smoothing", f"{config['label_smoothing']:g}"),
              ("mixup / cutmix", ", ".join(mixing) + " (timm Mixup; train accuracy against the unmixed labels)"
               if mixing else "off"),

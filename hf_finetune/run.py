@@ -236,7 +236,7 @@ def save_results(parts: TrainingParts, metrics: dict) -> None:
     output_dir = Path(parts.config.output_dir)
     save_classifier(unwrap(parts.model), output_dir, parts.task.saved_config())
     write_json(output_dir / "metrics.json", metrics)
-    plot_training_curves(metrics["history"], output_dir / "training_curves.png")
+    plot_training_curves(metrics["history"], output_dir / "training_curves.png", parts.task.accuracy_name)
     # The held-out test split when there is one: the eval split also chose the epoch.
     shown = metrics["selected"].get("test") or metrics["selected"]["eval"]
     if "confusion_matrix" in shown:  # single-label

@@ -65,9 +65,11 @@ def resolved(config, train_size: int = 200, num_processes: int = 1, pretrained: 
     from hf_finetune.hardware import Precision
     from hf_finetune.tasks import create_task
 
+    plain_task = create_task(task, ["a"])
     return resolve_config(config, RunFacts(train_size, num_processes, pretrained, layer_groups,
                                            Precision("no", "a test's"), default_num_workers=0,
-                                           default_select_metric=create_task(task, ["a"]).default_select_metric))
+                                           default_select_metric=plain_task.default_select_metric,
+                                           default_loss=plain_task.default_loss))
 
 
 @pytest.fixture

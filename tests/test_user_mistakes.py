@@ -63,6 +63,7 @@ FINETUNE_ROWS = {
     "lr_scheduler": [["--lr-scheduler", "linear"]],
     "warmup_steps": [["--warmup-steps", "-1"]],
     "label_smoothing": [["--label-smoothing", "1"]],
+    "loss": [["--loss", "focal"]],
     "mixup": [["--mixup", "-1"]],
     "cutmix": [["--cutmix", "-1"]],
     "auto_augment": [["--auto-augment", "auto"]],
@@ -117,7 +118,8 @@ SCRIPT_ROWS = {
     },
     "evaluate.py": {
         "model": [["{missing}", "{folder}"]],
-        "data": [["user/model", "{missing}"]],
+        "data": [["user/model", "{missing}"], ["user/model", "{image}"]],
+        "label_delimiter": [["user/model", "{folder}", "--label-delimiter", ""]],
         "output_dir": [["user/model", "{folder}", "--output-dir", "{file}"]],
         "overwrite": [["user/model", "{folder}", "--overwrite=yes"]],
         "tta": [["user/model", "{folder}", "--tta", "rotate"]],

@@ -1,4 +1,5 @@
-"""Evaluate a saved model (a run's output folder or a Hub id) on a class-per-folder tree, as training evaluates.
+"""Evaluate a saved model (a run's output folder or a Hub id) on labelled images (a class-per-folder tree or a
+manifest: evaluate/labelled.py), as training evaluates.
 
 Images are decoded and cropped by `preprocess.EvalPreprocess` (training's eval decode and transform), scored
 with the model's task (its losses, metrics and TTA merge, as training scores them), optionally with flip TTA,
@@ -14,14 +15,14 @@ from typing import Optional
 
 import torch
 
-from hf_finetune.serve.batch_predict import Failure, TorchRunner, crop_or_failure, is_image_name
-from hf_finetune.config import EVAL_SPLIT_NAMES
 from hf_finetune.errors import UserError
+from hf_finetune.evaluate.labelled import find_labelled_images
 from hf_finetune.hardware import available_cpus, one_thread
+from hf_finetune.serve.batch_predict import Failure, TorchRunner, crop_or_failure
 from hf_finetune.serve.predict import Classifier
 
-SPLIT_FOLDERS = ("train", *EVAL_SPLIT_NAMES)
-OUTPUT_FILES = ("metrics.json", "confusion_matrix.png", "mistakes.png")  # what scripts/evaluate.py writes
+# what scripts/evaluate.py writes (a single-label model a confusion matrix, a multi-label one per-label APs)
+OUTPUT_FILES = ("metrics.json", "confusion_matrix.png", "per_label_ap.png", "mistakes.png", "report.md")
 
 
 def check_output_dir(output_dir: Path, overwrite: bool = False) -> None:
@@ -45,39 +46,17 @@ def _is_evaluation(metrics: Path) -> bool:
     return isinstance(record, dict) and {"unreadable", "mistakes"} <= set(record) and "history" not in record
 
 
-def find_labelled_images(data: Path, label_names: list[str]) -> tuple[str, list[tuple[str, int]]]:
-    """(the split evaluated, [(path, label index)]) of DATA: a tree with split folders (its first eval split,
-    as training picks it) or one split's class folders. Class folders the model does not know are an error."""
-    if not data.is_dir():
-        raise UserError(f"{data}: no such folder; give a class-per-folder tree (DATA/<class>/*.jpg) or its root")
-    folders = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
-    names = {p.name for p in folders}
-    if names & set(SPLIT_FOLDERS) and not names & set(label_names):
-        split = next((name for name in EVAL_SPLIT_NAMES if name in names), None)
-        if split is None:
-            raise UserError(f"{data} has no {'/'.join(EVAL_SPLIT_NAMES)} folder to evaluate; name one split's folder")
-        return split, find_labelled_images(data / split, label_names)[1]
-    unknown = sorted(names - set(label_names))
-    if unknown:
-        raise UserError(f"{data}: class folder(s) {', '.join(unknown)} are not labels of the model "
-                        f"({', '.join(label_names)}); remove them or evaluate a model trained on them")
-    images = [(str(path), label_names.index(folder.name)) for folder in folders
-              for path in sorted(folder.rglob("*")) if path.is_file() and is_image_name(path)]
-    if not images:
-        raise UserError(f"{data}: no images in class folders")
-    return data.name, images
-
-
 def evaluate_folder(classifier: Classifier, data: Path, tta: bool = False, batch_size: int = 32,
-                    mistakes: int = 16, mixed_precision: str = "no") -> dict:
-    """The task's metrics on DATA, plus "split", "tta", "unreadable" ([{path, reason}]) and
-    "mistakes" ([{path, true, predicted, probability}] most confident first). `mixed_precision` "bf16"/"fp16":
+                    mistakes: int = 16, mixed_precision: str = "no", label_delimiter: Optional[str] = None) -> dict:
+    """The task's metrics on DATA, plus "split", "tta", "unreadable" ([{path, reason}]) and "mistakes" (the task's
+    most confident ones, `Task.confident_mistakes`, each with its image's path). `mixed_precision` "bf16"/"fp16":
     the forward under that autocast, as a run with that precision evaluated (its run_config.json says which)."""
     runner = TorchRunner(classifier)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     autocast = torch.autocast(runner.device.type, dtype=dtype, enabled=dtype is not None)
-    split, images = find_labelled_images(Path(data), runner.label_names)
     task = runner.task
+    split, images = find_labelled_images(Path(data), runner.label_names, label_delimiter)
+    images = [(path, _target(task, indices, path)) for path, indices in images]
     metrics = task.create_metrics()
     unreadable, kept, probabilities = [], [], []
     with ThreadPoolExecutor(available_cpus()) as pool:
@@ -89,7 +68,8 @@ def evaluate_folder(classifier: Classifier, data: Path, tta: bool = False, batch
             good = [(item, crop) for item, crop in zip(chunk, crops) if not isinstance(crop, Failure)]
             if not good:
                 continue
-            batch, labels = torch.stack([crop for _, crop in good]), torch.tensor([label for (_, label), _ in good])
+            batch = torch.stack([crop for _, crop in good])
+            labels = torch.stack([torch.as_tensor(label) for (_, label), _ in good])
             with autocast:
                 logits = runner.logits(batch)
                 if tta:  # as tta.flip_tta_logits
@@ -104,21 +84,28 @@ def evaluate_folder(classifier: Classifier, data: Path, tta: bool = False, batch
             "mistakes": _mistakes(kept, torch.cat(probabilities), task, mistakes)}
 
 
-def _mistakes(kept: list[tuple[str, int]], probabilities: torch.Tensor, task, k: int) -> list:
-    labels = torch.tensor([label for _, label in kept])
-    names = task.label_names
-    return [{"path": kept[index][0], "true": names[kept[index][1]], "predicted": names[predicted],
-             "probability": probability}
-            for index, predicted, probability in task.confident_mistakes(probabilities, labels, k)]
+def _target(task, indices: list[int], path: str):
+    """An image's label indices as the task's target: the class index (single-label: exactly one label), or what
+    the task's label_encoder makes of them (multi-label: a multi-hot vector), as the loaders do."""
+    if task.label_encoder is not None:
+        return task.label_encoder(indices)
+    if len(indices) != 1:
+        raise UserError(f"{path}: {len(indices)} labels, but the model is single-label (one class per image)")
+    return indices[0]
+
+
+def _mistakes(kept: list[tuple[str, object]], probabilities: torch.Tensor, task, k: int) -> list:
+    labels = torch.stack([torch.as_tensor(label) for _, label in kept])
+    return [{"path": kept[mistake.pop("index")][0], **mistake}
+            for mistake in task.confident_mistakes(probabilities, labels, k)]
 
 
 def plot_mistake_grid(mistakes: list[dict], classifier: Classifier, path: Path) -> None:
-    """mistakes.png: the eval crops the model saw, titled with the true and predicted labels."""
+    """mistakes.png: the eval crops the model saw, each captioned by the task (what was wrong, how sure)."""
     from hf_finetune.evaluate.mistakes import plot_mistakes
 
     images = [classifier.transform.crop(item["path"]).permute(1, 2, 0).numpy() for item in mistakes]
-    plot_mistakes(images, [m["true"] for m in mistakes], [m["predicted"] for m in mistakes],
-                  [m["probability"] for m in mistakes], path)
+    plot_mistakes(images, [classifier.task.mistake_caption(mistake) for mistake in mistakes], path)
 
 
 def describe(result: dict, task, unreadable: Optional[int] = None) -> str:

@@ -10,17 +10,16 @@ from typing import Sequence
 import numpy as np
 
 
-def plot_mistakes(images: Sequence[np.ndarray], true_names: Sequence[str], predicted_names: Sequence[str],
-                  probabilities: Sequence[float], path: Path, columns: int = 4) -> None:
-    """A grid of photos (HWC uint8 arrays), each titled 'true X / predicted Y (p)'; `probabilities` are those of Y."""
+def plot_mistakes(images: Sequence[np.ndarray], captions: Sequence[str], path: Path, columns: int = 4) -> None:
+    """A grid of photos (HWC uint8 arrays), each titled with its caption (`Task.mistake_caption`: e.g. 'true X /
+    predicted Y / p')."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on training machines
     import matplotlib.pyplot as plt
 
-    if not len(images) == len(true_names) == len(predicted_names) == len(probabilities):
-        raise ValueError(f"{len(images)} images, {len(true_names)} true names, {len(predicted_names)} predicted "
-                         f"names and {len(probabilities)} probabilities: one of each per photo")
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images and {len(captions)} captions: one of each per photo")
     if not len(images):
         figure = plt.figure(figsize=(4, 1.2), dpi=110)
         figure.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=12)
@@ -31,11 +30,9 @@ def plot_mistakes(images: Sequence[np.ndarray], true_names: Sequence[str], predi
                                  squeeze=False, layout="constrained")  # keeps the 3-line titles off the row above
         for axis in axes.flat:
             axis.axis("off")
-        for axis, image, true, predicted, probability in zip(axes.flat, images, true_names, predicted_names,
-                                                             probabilities):
+        for axis, image, caption in zip(axes.flat, images, captions):
             axis.imshow(_as_hwc_uint8(image))
-            axis.set_title(f"true: {true}\npredicted: {predicted}\np = {probability:.2f}", fontsize=8,
-                           color="darkred")
+            axis.set_title(caption, fontsize=8, color="darkred")
         figure.suptitle("most confident mistakes", fontsize=11)
     figure.savefig(path)
     plt.close(figure)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_training_curves(history: list[dict], path: Path) -> None:
-    """The chapter's plot: train loss, train acc and test acc per epoch."""
+def plot_training_curves(history: list[dict], path: Path, accuracy_name: str = "accuracy") -> None:
+    """The chapter's plot: train loss, train acc and test acc per epoch (the accuracy named by the task:
+    multi-label's is the exact match)."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on training machines
@@ -16,8 +17,9 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     epochs = [row["epoch"] for row in history]
     figure, axis = plt.subplots(figsize=(5, 3.5), dpi=120)
     axis.plot(epochs, [row["train_loss"] for row in history], label="train loss")
-    axis.plot(epochs, [row["train_acc"] for row in history], linestyle="--", label="train acc")
-    axis.plot(epochs, [row["eval_acc"] for row in history], linestyle="-.", label="test acc")
+    accuracy = "acc" if accuracy_name == "accuracy" else accuracy_name
+    axis.plot(epochs, [row["train_acc"] for row in history], linestyle="--", label=f"train {accuracy}")
+    axis.plot(epochs, [row["eval_acc"] for row in history], linestyle="-.", label=f"test {accuracy}")
     axis.set_xlabel("epoch")
     axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axis.grid(alpha=0.3)

@@ -17,6 +17,7 @@ from hf_finetune.publish.card_results import eval_results, metric_ids, results_c
 from hf_finetune.errors import UserError
 from hf_finetune.files import write_text
 from hf_finetune.recipes import recipe_card_rows
+from hf_finetune.tasks import task_of_run
 
 TEMPLATE_RELATIVE_PATH = Path("model_cards") / "template.md"
 TAGS = ["image-classification", "timm", "transformers", "hf_finetune"]
@@ -68,7 +69,7 @@ def _card_data(run: dict, metrics: dict, repo_id: str):
 
 
 def _template_context(run: dict, metrics: dict, repo_id: str, output_dir: Path) -> dict:
-    config = run["config"]
+    config, task = run["config"], task_of_run(run)
     return dict(
         repo_id=repo_id, repo_name=repo_id.split("/")[-1], source=run["source"],
         source_name=_sanitize_value("--model", run["source"]["name"]),
@@ -78,9 +79,11 @@ def _template_context(run: dict, metrics: dict, repo_id: str, output_dir: Path) 
         head_lr_mult=f"{config['head_lr_mult']:g}" if config.get("param_group", True) else None,
         num_classes=len(run["label_names"]), labels=_label_rows(run),
         has_label_matches=bool(run.get("label_matches")),
-        final_rows=_final_rows(metrics["final"]), epoch_columns=_epoch_columns(metrics["history"]),
+        final_rows=_final_rows(metrics["final"], task.accuracy_name),
+        epoch_columns=_epoch_columns(metrics["history"], task.accuracy_name),
         epoch_rows=_epoch_rows(metrics["history"]), has_curves=(output_dir / "training_curves.png").is_file(),
         has_confusion=(output_dir / "confusion_matrix.png").is_file(),
+        has_per_label_ap=(output_dir / "per_label_ap.png").is_file(),
         has_calibration_plot=(output_dir / "calibration.png").is_file(), **results_context(run, metrics),
         hyperparameters=_hyperparameter_rows(run, metrics), param_groups=_param_group_rows(run),
         training_details=_training_details(run, metrics),
@@ -162,17 +165,21 @@ def _label_rows(run: dict) -> list[dict]:
     return rows
 
 
-def _final_rows(final: dict) -> list[tuple[str, str]]:
-    rows = [("eval accuracy", _number(final["eval_acc"])), ("eval loss", _number(final.get("eval_loss"))),
-            ("train accuracy", _number(final.get("train_acc"))), ("train loss", _number(final.get("train_loss"))),
+def _final_rows(final: dict, accuracy_name: str) -> list[tuple[str, str]]:
+    """eval_acc / train_acc named for what they are (the task's accuracy_name: multi-label's exact match)."""
+    rows = [(f"eval {accuracy_name}", _number(final["eval_acc"])), ("eval loss", _number(final.get("eval_loss"))),
+            (f"train {accuracy_name}", _number(final.get("train_acc"))),
+            ("train loss", _number(final.get("train_loss"))),
             ("eval images", final.get("eval_count")), ("train examples/sec", _number(final.get("examples_per_sec"), 1)),
             ("total time (s)", _number(final.get("total_seconds"), 1))]
     return [(name, value) for name, value in rows if value not in (None, "")]
 
 
-def _epoch_columns(history: list[dict]) -> list[str]:
+def _epoch_columns(history: list[dict], accuracy_name: str) -> list[str]:
     groups = _lr_groups(history[0]) if history else []
-    return ["epoch", "train loss", "train acc", "eval loss", "eval acc", "examples/sec"] + [f"lr ({g})" for g in groups]
+    accuracy = "acc" if accuracy_name == "accuracy" else accuracy_name
+    return (["epoch", "train loss", f"train {accuracy}", "eval loss", f"eval {accuracy}", "examples/sec"]
+            + [f"lr ({g})" for g in groups])
 
 
 def _epoch_rows(history: list[dict]) -> list[list[str]]:

@@ -19,14 +19,16 @@ from hf_finetune.publish.card import read_run_records, write_model_card
 from hf_finetune.errors import UserError, first_line
 from hf_finetune.files import sha256_of, write_json
 from hf_finetune.serve.predict import load_classifier
+from hf_finetune.tasks import task_of_run
 
 logger = logging.getLogger(__name__)
 
 # Exactly what a push publishes: the model in timm's Hub layout, its card and the card's picture.
 PUSHED_FILES = ("config.json", "model.safetensors", "README.md", "training_curves.png",
-                "confusion_matrix.png", "calibration.png")
-# Runs recorded before model selection have no confusion matrix; runs with --calibrate none no calibration.png.
-OPTIONAL_FILES = {"confusion_matrix.png", "calibration.png"}
+                "confusion_matrix.png", "per_label_ap.png", "calibration.png")
+# Runs recorded before model selection have no confusion matrix, multi-label runs per-label APs instead of it;
+# runs with --calibrate none no calibration.png.
+OPTIONAL_FILES = {"confusion_matrix.png", "per_label_ap.png", "calibration.png"}
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 # create_repo, the card's YAML check and the commit POST are not retried by huggingface_hub itself.
 RETRY_WAITS = (1.0, 2.0, 4.0, 8.0)
@@ -40,7 +42,7 @@ def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
 
     output_dir = Path(output_dir)
     check_push_possible(repo_id)
-    final = read_run_records(output_dir)[1]["final"]  # also a clear error for a folder that is no finished run
+    run, metrics = read_run_records(output_dir)  # also a clear error for a folder that is no finished run
     missing = [name for name in PUSHED_FILES
                if name != "README.md" and name not in OPTIONAL_FILES and not (output_dir / name).is_file()]
     if missing:
@@ -51,7 +53,8 @@ def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
     repo_url = with_retries(f"create the Hub repo {repo_id}", retry_command,
                              lambda: api.create_repo(repo_id, private=private, exist_ok=True))
     repo_id = repo_url.repo_id  # with the namespace the Hub filled in for a bare name
-    message = f"Upload fine-tuned model (eval accuracy {final['eval_acc']:.4f})"
+    message = (f"Upload fine-tuned model (eval {task_of_run(run).accuracy_name} "
+               f"{metrics['final']['eval_acc']:.4f})")
     # Operations are consumed by a commit attempt, so every retry builds fresh ones (and looks at the repo's
     # export afresh). A retry after a commit whose answer was lost uploads nothing: create_commit drops files the
     # Hub already has, and the export it removed is no longer there to remove.

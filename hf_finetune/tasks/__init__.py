@@ -15,7 +15,7 @@ SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
 
 def create_task(name: str, label_names: Sequence[str], config=None, train_labels=None) -> Task:
     """The task `name` over `label_names`. With the run's `config` (a FinetuneConfig) and the train split's
-    labels it trains with the run's loss options (smoothing, class weights, Mixup/CutMix); without, it serves
+    labels it trains with the run's loss options (--loss, smoothing, class weights, Mixup/CutMix); without, it serves
     evaluation and prediction."""
     from hf_finetune.tasks.multi_label import MultiLabel
     from hf_finetune.tasks.single_label import SingleLabel
@@ -24,6 +24,9 @@ def create_task(name: str, label_names: Sequence[str], config=None, train_labels
     name = name.replace("-", "_")  # the data's and --task's spelling (single-label, multi-label)
     if name not in tasks:
         raise UserError(f"task {name!r}: unknown; one of {', '.join(tasks)}")
+    if config is not None and config.loss not in (None, *tasks[name].losses):
+        raise UserError(f"--loss {config.loss}: not a {name.replace('_', '-')} loss; single-label data trains with "
+                        f"{', '.join(SingleLabel.losses)}, multi-label data with {', '.join(MultiLabel.losses)}")
     return tasks[name].create(label_names, config, train_labels)
 
 

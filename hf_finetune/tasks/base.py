@@ -2,8 +2,8 @@
 
 A task turns labels into training targets and scores logits against them (`training_batch`, `loss`,
 `eval_losses`, `hits`), turns logits into scores and decisions (`probabilities`, `top_labels`,
-`confident_mistakes`), merges test-time augmentation (`merge_tta`), measures (`create_metrics`,
-`summary_line`, `select_metrics`) and says what the card reports (`card_metrics`, `card_metric_ids`,
+`confident_mistakes`, `mistake_caption`), merges test-time augmentation (`merge_tta`), measures
+(`create_metrics`, `summary_line`, `select_metrics`) and says what the card reports (`card_metrics`, `card_metric_ids`,
 `card_rows`). `tasks.single_label.SingleLabel` is the first implementation.
 """
 
@@ -38,6 +38,9 @@ class Task(Protocol):
     per_label_key: str  # the create_metrics().compute() key of the per-label scores
     card_per_label: Sequence[tuple[str, str]]  # the card's per-label table: (per-label score key, column title)
     label_encoder: Optional[Callable]  # applied by the loaders to each row's label (None: kept as it is)
+    losses: Sequence[str]  # the --loss values this task trains with
+    default_loss: str  # --loss when unset
+    accuracy_name: str  # what the history's train_acc / eval_acc (the `hits` share) measure, in words
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,9 +68,12 @@ class Task(Protocol):
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         """One image's logits from those of the image and of its mirror."""
 
-    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
-                           k: int) -> list[tuple[int, int, float]]:
-        """The (at most) k most confident wrong decisions: (sample index, predicted label, its score)."""
+    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict]:
+        """The (at most) k most confident wrong decisions (of each kind, where there are several), most confident
+        first: {"index": the sample's, ...: what was wrong, by label name, and the score}."""
+
+    def mistake_caption(self, mistake: dict) -> str:
+        """A few short lines on one of `confident_mistakes` (mistakes.png's caption)."""
 
     def fit_temperature(self, logits: torch.Tensor, labels: torch.Tensor) -> Union[float, list[float]]:
         """Temperature scaling fitted on these (the selection split's plain) logits: what the classifier is

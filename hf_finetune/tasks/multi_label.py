@@ -1,7 +1,8 @@
 """Multi-label classification: each image has any number of labels; a sigmoid per label, a threshold each.
 
 Targets are multi-hot vectors [batch, labels]. Training: binary cross-entropy with logits (label smoothing
-toward 1/2, `--class-weights balanced` as `pos_weight`). Decisions: a label is present when its sigmoid
+toward 1/2, `--class-weights balanced` as `pos_weight`), or `--loss asl`, timm's asymmetric loss; Mixup/CutMix
+mix the multi-hot targets (`mix_multi_hot`). Decisions: a label is present when its sigmoid
 score reaches its threshold, tuned per label to the best F1 on the selection split (`tune_thresholds`) or
 0.5. Metrics: `multi_label_metrics.MultiLabelMetrics` (mAP, micro/macro F1, per-label AP/P/R/F1, exact match,
 hamming loss).
@@ -21,6 +22,7 @@ from hf_finetune.tasks.calibration import (fit_label_temperatures, label_calibra
                                            thresholds_for_temperatures)
 from hf_finetune.tasks.multi_label_metrics import (DEFAULT_THRESHOLD, MultiLabelMetrics, summary_line,
                                                    tune_thresholds)
+from hf_finetune.tasks.objective import numpy_seeded
 from hf_finetune.tasks.tta import mean_logits
 
 
@@ -42,6 +44,37 @@ def balanced_pos_weight(targets: torch.Tensor) -> torch.Tensor:
     return (len(targets) - positives).double() / positives.double()
 
 
+def asymmetric_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each image's asymmetric loss (Ridnik et al. 2021; timm's AsymmetricLossMultiLabel at its defaults: gamma_neg
+    4, gamma_pos 1, clip 0.05), the mean over its labels as for BCE. timm's module returns one sum over the whole
+    batch at our timm floor (1.0.20; a `reduction` came later), so torch.func.vmap runs it on each image. In
+    float32: half-precision probabilities underflow its 1e-8 clamp."""
+    from timm.loss import AsymmetricLossMultiLabel
+
+    asl = AsymmetricLossMultiLabel()
+    per_image = torch.func.vmap(lambda row, target: asl(row[None], target[None]))(logits.float(), targets.float())
+    return per_image / logits.shape[1]
+
+
+def mix_multi_hot(images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float, seed: int,
+                  key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup/CutMix of the batch with its flip (batch mode: one Beta draw, and a box for CutMix, per batch),
+    and the multi-hot targets mixed alike: lam y + (1 - lam) y.flip(0). timm's mixup_target one-hots class indices
+    (its multi_label option is newer than our timm floor, 1.0.20), so the batch's positions arange(B) are mixed
+    as B classes: that gives the mixing matrix M (row i: lam at i, 1 - lam at B-1-i), and M @ y mixes any targets
+    y. timm needs an even batch: an odd last batch leaves its last image unmixed. Seeded per batch
+    (`objective.numpy_seeded`)."""
+    from timm.data import Mixup
+
+    even = len(targets) - len(targets) % 2
+    if even:
+        mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=0.0, num_classes=even)
+        with numpy_seeded(seed, key):
+            images[:even], mixing = mixer(images[:even], torch.arange(even, device=images.device))
+        targets[:even] = mixing.to(targets.dtype) @ targets[:even]
+    return images, targets
+
+
 class MultiLabel:
     name = "multi_label"
     select_metrics = MULTI_LABEL_SELECT_METRICS
@@ -60,12 +93,18 @@ class MultiLabel:
     card_rows = (("map", "mAP"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("exact_match", "exact match"),
                  ("hamming_loss", "hamming loss"), ("loss", "loss"), ("count", "images"))
 
+    losses = ("bce", "asl")
+    default_loss = "bce"
+    accuracy_name = "exact match"  # subset accuracy: every label of the image decided right (`hits`)
+
     def __init__(self, label_names: Sequence[str], thresholds: Optional[Sequence[float]] = None,
-                 label_smoothing: float = 0.0, pos_weight: Optional[torch.Tensor] = None):
+                 label_smoothing: float = 0.0, pos_weight: Optional[torch.Tensor] = None, loss: str = "bce",
+                 mixing: Optional[tuple[float, float, int]] = None):
         self.label_names = list(label_names)
         self.thresholds = list(thresholds) if thresholds is not None else [DEFAULT_THRESHOLD] * len(self.label_names)
         if len(self.thresholds) != len(self.label_names):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.label_names)} labels")
+        self.loss_name, self.mixing = loss, mixing  # mixing: (mixup alpha, cutmix alpha, seed) or None
         self.label_smoothing, self.pos_weight = label_smoothing, pos_weight
 
     @property
@@ -83,26 +122,37 @@ class MultiLabel:
         """With the run's config and the train split's multi-hot labels: its loss options."""
         if config is None:
             return cls(label_names)
-        if config.mixup or config.cutmix:
-            raise UserError("--mixup/--cutmix: not available for multi-label data yet; leave them at 0")
+        loss = config.loss or cls.default_loss
+        if loss == "asl" and config.class_weights:
+            raise UserError("--class-weights balanced weights BCE's positives; --loss asl has its own answer to "
+                            "imbalance (it down-weights easy negatives): use one of the two")
         pos_weight = None
         if config.class_weights == "balanced":
             pos_weight = balanced_pos_weight(torch.stack([multi_hot(row, len(label_names)) for row in train_labels]))
         thresholds = None if config.threshold is None else [config.threshold] * len(label_names)
-        return cls(label_names, thresholds, label_smoothing=config.label_smoothing, pos_weight=pos_weight)
+        mixing = (config.mixup, config.cutmix, config.seed) if config.mixup or config.cutmix else None
+        return cls(label_names, thresholds, config.label_smoothing, pos_weight, loss, mixing)
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor,
                        key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float multi-hot targets, smoothed toward 1/2: (1 - s) y + s / 2."""
-        targets = labels.to(images.dtype if images.is_floating_point() else torch.float32)
+        """Float multi-hot targets, mixed with the images by Mixup/CutMix if asked for (`mix_multi_hot`), smoothed
+        toward 1/2: (1 - s) y + s / 2 (linear: the same before or after mixing, as timm's own multi-label
+        mixup_target smooths)."""
+        # a copy: mixing writes into the targets, and the engine counts hits against the unmixed labels
+        targets = labels.to(images.dtype if images.is_floating_point() else torch.float32, copy=True)
+        if self.mixing is not None:
+            images, targets = mix_multi_hot(images, targets, *self.mixing, key=key)
         return images, targets * (1 - self.label_smoothing) + self.label_smoothing / 2
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """BCE with logits, each positive term times its label's pos_weight; a sample's loss is the mean over
-        its labels, so "mean" is torch's mean over every (image, label)."""
-        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device, logits.dtype)
-        losses = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=pos_weight,
-                                                    reduction="none").mean(dim=1)
+        """BCE with logits, each positive term times its label's pos_weight, or the asymmetric loss (--loss asl);
+        a sample's loss is the mean over its labels, so "mean" is the mean over every (image, label)."""
+        if self.loss_name == "asl":
+            losses = asymmetric_losses(logits, targets)
+        else:
+            pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device, logits.dtype)
+            losses = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=pos_weight,
+                                                        reduction="none").mean(dim=1)
         return losses.mean() if reduction == "mean" else losses
 
     def eval_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -135,13 +185,24 @@ class MultiLabel:
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         return mean_logits(logits, mirrored_logits)
 
-    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
-                           k: int) -> list[tuple[int, int, float]]:
-        """The k most confident false positives: (image, the label wrongly decided, its score)."""
-        probabilities, labels = torch.as_tensor(probabilities), torch.as_tensor(labels).bool()
-        wrong = (probabilities >= torch.tensor(self.thresholds)) & ~labels
-        found = [(int(image), int(label), float(probabilities[image, label])) for image, label in wrong.nonzero()]
-        return sorted(found, key=lambda mistake: (-mistake[2], mistake[0], mistake[1]))[:k]
+    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict]:
+        """The k most confident false positives (a label decided present that the image lacks, highest score
+        first), then the k most confident false negatives (a label it has, decided absent, lowest score first):
+        {index, true (the image's labels), kind, label, probability (the label's score)}."""
+        probabilities, labels = torch.as_tensor(probabilities).float(), torch.as_tensor(labels).bool()
+        decided = probabilities >= torch.tensor(self.thresholds)
+        found = []
+        for kind, wrong, sign in (("false positive", decided & ~labels, -1), ("false negative", ~decided & labels, 1)):
+            ranked = sorted(((sign * float(probabilities[image, label]), int(image), int(label))
+                             for image, label in wrong.nonzero()))[:k]
+            found += [{"index": image, "true": [self.label_names[i] for i in labels[image].nonzero().reshape(-1)],
+                       "kind": kind, "label": self.label_names[label], "probability": sign * score}
+                      for score, image, label in ranked]
+        return found
+
+    def mistake_caption(self, mistake: dict) -> str:
+        return (f"labels: {' '.join(mistake['true']) or '(none)'}\n{mistake['kind']}: {mistake['label']}\n"
+                f"p = {mistake['probability']:.2f}")
 
     def fit_decisions(self, metrics: MultiLabelMetrics, fixed_threshold: Optional[float] = None) -> bool:
         """The thresholds: `fixed_threshold` (--threshold) for every label, or tuned on the scores `metrics`

@@ -8,6 +8,7 @@ eval loss stays the plain cross-entropy (engine.evaluate), so runs with differen
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from typing import Optional
 
 import numpy as np
@@ -27,6 +28,19 @@ def balanced_class_weights(labels, num_classes: int) -> torch.Tensor:
     return torch.tensor([total / (num_classes * counts[index]) for index in range(num_classes)])
 
 
+@contextmanager
+def numpy_seeded(seed: int, key: tuple = ()):
+    """numpy's global RNG (which timm's Mixup draws from) seeded from the run's seed and `key` (epoch, step,
+    process), then restored: the mixing of a batch is the same in a resumed run (as sampling.py does for the
+    crops)."""
+    state = np.random.get_state()
+    np.random.seed(hash((seed, *key)) & 0xFFFF_FFFF)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 class TrainingObjective:
     def __init__(self, num_classes: int, label_smoothing: float = 0.0, class_weights: Optional[torch.Tensor] = None,
                  mixup: float = 0.0, cutmix: float = 0.0, seed: int = 0):
@@ -43,20 +57,14 @@ class TrainingObjective:
     def mix(self, images: torch.Tensor, labels: torch.Tensor, key: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """(input, targets). With Mixup/CutMix every image is blended with the batch flipped (timm's batch mode:
         one Beta draw, and a box for CutMix, per batch); timm needs an even batch, so an odd last batch leaves its
-        last image unmixed with its one-hot target. timm draws from numpy's global RNG: here it is seeded from
-        the run's seed and `key` (epoch, step, process) and restored, so the mixing of a batch is the same in a
-        resumed run (as sampling.py does for the crops)."""
+        last image unmixed with its one-hot target. Seeded per batch (`numpy_seeded`)."""
         if self.mixer is None:
             return images, labels
         targets = F.one_hot(labels, self.num_classes).to(images.dtype)
         even = len(labels) - len(labels) % 2
         if even:
-            state = np.random.get_state()
-            np.random.seed(hash((self.seed, *key)) & 0xFFFF_FFFF)
-            try:
+            with numpy_seeded(self.seed, key):
                 images[:even], targets[:even] = self.mixer(images[:even], labels[:even])
-            finally:
-                np.random.set_state(state)
         return images, targets
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -29,6 +29,9 @@ class SingleLabel:
     card_rows = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
                  ("top5", "top-5 accuracy"), ("loss", "loss"), ("count", "images"))
     default_select_metric = "eval_loss"
+    accuracy_name = "accuracy"
+    losses = ("ce",)  # cross-entropy (objective.TrainingObjective)
+    default_loss = "ce"
     temperature_scaling = True  # one T for the softmax (tasks/calibration.py)
     history_columns = (("loss", "loss"), ("accuracy", "acc"), ("count", "count"), ("top5", "top5"),
                        ("macro_f1", "macro_f1"), ("balanced_accuracy", "balanced_accuracy"), ("per_class", "per_class"))
@@ -104,11 +107,16 @@ class SingleLabel:
     def merge_tta(self, logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
         return mean_logits(logits, mirrored_logits)
 
-    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor,
-                           k: int) -> list[tuple[int, int, float]]:
+    def confident_mistakes(self, probabilities: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict]:
+        """The k wrong argmaxes of the highest probability: {index, true, predicted, probability}."""
         confidence, predicted = torch.as_tensor(probabilities).max(dim=1)
-        return [(index, int(predicted[index]), float(confidence[index]))
+        names = self.label_names
+        return [{"index": index, "true": names[int(labels[index])], "predicted": names[int(predicted[index])],
+                 "probability": float(confidence[index])}
                 for index in most_confident_mistakes(probabilities, labels, k)]
+
+    def mistake_caption(self, mistake: dict) -> str:
+        return f"true: {mistake['true']}\npredicted: {mistake['predicted']}\np = {mistake['probability']:.2f}"
 
     def create_metrics(self) -> ClassificationMetrics:
         return ClassificationMetrics(len(self.label_names), self.label_names)

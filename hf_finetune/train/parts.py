@@ -117,11 +117,12 @@ def create_training_parts(options: FinetuneConfig) -> TrainingParts:
     # The decode-once cache, likewise per machine; the main process alone reports bad files.
     data = node_main_first(processes, partial(prepare_images, data, model, options.cache, options.max_bad_fraction,
                                               report=processes.is_main_process))
+    plain_task = create_task(data.task, data.label_names)  # its defaults for the options left unset
     config = resolve_config(options, RunFacts(
         train_size=data.train_size, num_processes=processes.num_processes, pretrained=source.pretrained,
         layer_groups=hasattr(model, "group_matcher"), precision=machine_precision(options.mixed_precision),
         default_num_workers=default_num_workers(processes.num_processes),
-        default_select_metric=create_task(data.task, data.label_names).default_select_metric))
+        default_select_metric=plain_task.default_select_metric, default_loss=plain_task.default_loss))
     # A stream's labels cannot be counted (--class-weights is refused with --streaming).
     task = create_task(data.task, data.label_names, config, None if data.streaming else data.train["label"])
     task.check_select_metric(config.select_metric)

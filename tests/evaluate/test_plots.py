@@ -100,20 +100,19 @@ def test_mistakes_grid_png_grows_by_rows(tmp_path):
     sizes = {}
     for count in (3, 8):
         path = tmp_path / f"mistakes_{count}.png"
-        plot_mistakes([_photo(i) for i in range(count)], ["hot_dog"] * count, ["pizza"] * count,
-                      [0.9] * count, path)
+        plot_mistakes([_photo(i) for i in range(count)], ["true: hot_dog\npredicted: pizza\np = 0.90"] * count, path)
         sizes[count] = _png_size(path)
     assert sizes[8][1] > 1.5 * sizes[3][1]  # 2 rows of 4 against 1 row of 3
 
 
 def test_no_mistakes_still_writes_a_png(tmp_path):
-    plot_mistakes([], [], [], [], tmp_path / "none.png")
+    plot_mistakes([], [], tmp_path / "none.png")
     assert _png_size(tmp_path / "none.png")
 
 
 def test_mistakes_input_errors(tmp_path):
     with pytest.raises(ValueError, match="one of each per photo"):
-        plot_mistakes([_photo(0)], ["a", "b"], ["c"], [0.5], tmp_path / "m.png")
+        plot_mistakes([_photo(0)], ["a", "b"], tmp_path / "m.png")
     chw = np.zeros((3, 32, 32), dtype=np.uint8)
     with pytest.raises(ValueError, match="permute"):
-        plot_mistakes([chw], ["a"], ["b"], [0.5], tmp_path / "m.png")
+        plot_mistakes([chw], ["a"], tmp_path / "m.png")

@@ -21,6 +21,8 @@ from hf_finetune.publish.card import write_model_card
 from hf_finetune.errors import UserError
 from hf_finetune.publish.hub import PUSHED_FILES, push_to_hub, verify_pushed
 
+SINGLE_LABEL_PUSHED = sorted(set(PUSHED_FILES) - {"per_label_ap.png"})  # a single-label run's: no per-label APs
+
 
 @pytest.fixture
 def token(monkeypatch) -> str:
@@ -42,8 +44,8 @@ def test_push_publishes_exactly_the_model_in_one_private_commit(hub, token, tmp_
     url = push_to_hub(run, "tester/push-once")
     latest, created = hub.commits("tester/push-once")[:2]
     assert url.endswith(f"/tester/push-once/commit/{latest['sha']}")
-    assert sorted(latest["files"]) == sorted(PUSHED_FILES) and created["files"] == {}
-    assert hub.files("tester/push-once") == {name: (run / name).read_bytes() for name in PUSHED_FILES}
+    assert sorted(latest["files"]) == SINGLE_LABEL_PUSHED and created["files"] == {}
+    assert hub.files("tester/push-once") == {name: (run / name).read_bytes() for name in SINGLE_LABEL_PUSHED}
     assert "hf-hub:tester/push-once" in (run / "README.md").read_text()  # the card names the real repo
     assert HfApi().model_info("tester/push-once").private is True
     # The push pulled that very commit back to compare logits.
@@ -78,7 +80,7 @@ def test_push_survives_transient_errors(hub, token, tmp_path):
     assert statuses[:3] == [("/api/repos/create", 503), ("/api/repos/create", 503), ("/api/repos/create", 200)]
     assert ("/api/models/tester/push-flaky/commit/main", 429) in statuses
     assert ("/api/models/tester/push-flaky/commit/main", 200) in statuses
-    assert sorted(hub.commits("tester/push-flaky")[0]["files"]) == sorted(PUSHED_FILES)
+    assert sorted(hub.commits("tester/push-flaky")[0]["files"]) == SINGLE_LABEL_PUSHED
 
 
 def test_persistent_server_error_fails_clearly_and_keeps_the_output(hub, token, tmp_path, monkeypatch):
@@ -109,8 +111,8 @@ def test_verification_catches_a_repo_that_differs_from_the_local_model(hub, toke
 def test_a_bare_repo_name_lands_in_the_token_owner_namespace(hub, token, tmp_path):
     run = make_finished_run(tmp_path / "run")
     url = push_to_hub(run, "push-bare")
-    assert "/tester/push-bare/commit/" in url and sorted(hub.commits("tester/push-bare")[0]["files"]) == sorted(
-        PUSHED_FILES)
+    assert "/tester/push-bare/commit/" in url
+    assert sorted(hub.commits("tester/push-bare")[0]["files"]) == SINGLE_LABEL_PUSHED
     assert 'pipeline("image-classification", model="tester/push-bare")' in (run / "README.md").read_text()
 
 

@@ -153,3 +153,38 @@ def test_finetune_push_and_predict_end_to_end(hub, hub_env, tiny_folder, tmp_pat
     printed = run_script("predict.py", "tester/e2e-tiny", image, "--top-k", "1", env=hub_env).stdout.splitlines()
     [[(label, probability)]] = predict(load_classifier(output), [image], top_k=1)
     assert printed == [str(image), f"  {probability:.4f}  {label}"]
+
+
+@pytest.mark.slow
+def test_a_multi_label_run_pulled_back_by_name_gives_its_logits_sigmoid_scores_and_thresholds(hub, token, tmp_path):
+    """The multi-label run pushed to the (local) Hub and pulled back by name: timm gives the same logits,
+    transformers' pipeline sigmoid scores (config.json's problem_type), load_classifier the tuned thresholds."""
+    import timm
+    from finished_run import make_finished_multi_label_run
+    from transformers import pipeline
+
+    run, data = make_finished_multi_label_run(tmp_path / "run")
+    repo = "tester/multi-label-model"
+    push_to_hub(run, repo)
+    pushed = hub.files(repo)
+    assert "per_label_ap.png" in pushed and "confusion_matrix.png" not in pushed
+    assert hub.commits(repo)[0]["message"].startswith("Upload fine-tuned model (eval exact match ")
+    config = json.loads((run / "config.json").read_text())
+    local = load_classifier(run)
+    model = timm.create_model(f"hf-hub:{repo}", pretrained=True).eval()
+    assert model.pretrained_cfg["label_names"] == config["label_names"] == local.label_names
+    batch = fixed_batch(local.model)
+    with torch.no_grad():
+        assert torch.equal(model(batch), local.model(batch))
+    pulled = load_classifier(repo)
+    assert pulled.task.name == "multi_label" and pulled.task.thresholds == config["thresholds"]
+    images = [data / "val" / f"{index}.jpg" for index in (3, 6)]  # two labels; all three
+    with torch.no_grad():
+        logits = pulled.model(pulled.transform(images[0]).unsqueeze(0))[0]
+    sigmoids = dict(zip(config["label_names"], logits.sigmoid().tolist()))
+    assert dict(predict(pulled, images[:1], top_k=3)[0]) == pytest.approx(sigmoids, abs=1e-6)
+    classify = pipeline("image-classification", model=repo, top_k=None)
+    for image, ours in zip(images, predict(pulled, images, top_k=3)):
+        theirs = {row["label"]: row["score"] for row in classify(str(image))}
+        assert theirs == pytest.approx(dict(ours), abs=1e-4)
+        assert abs(sum(theirs.values()) - 1) > 1e-3  # sigmoids, not a softmax

@@ -65,7 +65,10 @@ def test_decisions_scores_and_mistakes():
     assert [[name for name, _ in row] for row in top] == [["cat", "dog", "fox"], ["dog", "fox", "cat"],
                                                           ["fox", "cat", "dog"]]
     assert top[1][0][1] == pytest.approx(float(probabilities[1, 1]))
-    assert task.confident_mistakes(probabilities, labels, k=4) == [(1, 1, pytest.approx(float(probabilities[1, 1])))]
+    mistakes = task.confident_mistakes(probabilities, labels, k=4)
+    assert mistakes == [{"index": 1, "true": "fox", "predicted": "dog",
+                         "probability": pytest.approx(float(probabilities[1, 1]))}]
+    assert task.mistake_caption(mistakes[0]) == f"true: fox\npredicted: dog\np = {float(probabilities[1, 1]):.2f}"
     assert most_confident_mistakes(probabilities, labels, 4) == [1]
     torch.testing.assert_close(task.merge_tta(logits, -logits), torch.zeros_like(logits))
 

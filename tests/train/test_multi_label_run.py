@@ -63,6 +63,12 @@ def _check_card(run: Path, metrics: dict) -> None:
         assert f"| {name} | {scores['ap']:.4f} |" in card.text
         assert f"| {scores['threshold']:.4f} | {scores['support']} |" in card.text
     assert "tuned per label to its best F1 on the `val` split" in card.text
+    # the history's eval_acc / train_acc of a multi-label run are exact matches (subset accuracy): so named
+    final = metrics["final"]
+    assert f"| eval exact match | {final['eval_acc']:.4f} |" in card.text and "| train exact match |" in card.text
+    assert "| epoch | train loss | train exact match | eval loss | eval exact match |" in card.text
+    assert "accuracy |" not in card.text and "acc |" not in card.text
+    assert "![Average precision per label on the val split](per_label_ap.png)" in card.text
 
 
 def _check_saved_thresholds_and_sigmoid_pipeline(run: Path, metrics: dict, image: Path) -> None:
@@ -178,3 +184,30 @@ def test_multi_label_sigterm_mid_epoch_then_resume_is_bitwise_identical(tmp_path
                                                                                       tmp_path / "resumed"))
     assert [row["eval_map"] for row in straight["history"]] == [row["eval_map"] for row in resumed["history"]]
     assert straight["selected"]["eval"]["thresholds"] == resumed["selected"]["eval"]["thresholds"]
+
+
+@pytest.mark.slow
+def test_asl_run_trains_and_records_its_loss(tmp_path):
+    """--loss asl trains (the training loss falls over 3 epochs) and is recorded: run_config.json and the card's
+    hyper-parameter rows."""
+    data = make_multi_label_manifests(tmp_path / "colours", per_split=(32, 8))
+    run_script("finetune.py", *TRAINING, "--epochs", "3", "--img-size", "64", "--num-workers", "0", "--loss", "asl",
+               "--data-dir", data, "--output-dir", tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"], [row["train_loss"] for row in history]
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["config"]["loss"] == "asl"
+    assert "| loss | asymmetric loss (timm AsymmetricLossMultiLabel" in (tmp_path / "run" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_mixup_and_cutmix_run_on_multi_label_data(tmp_path):
+    """--mixup and --cutmix train a multi-label run (an odd last batch included: 17 images at batch 8) and the card
+    says so."""
+    data = make_multi_label_manifests(tmp_path / "colours", per_split=(17, 8))
+    result = run_script("finetune.py", *TRAINING, "--img-size", "64", "--num-workers", "0", "--mixup", "0.2",
+                        "--cutmix", "1.0", "--data-dir", data, "--output-dir", tmp_path / "run")
+    assert "task: multi-label" in result.stdout + result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert all(0 < row["train_loss"] < 1 and 0 <= row["eval_map"] <= 1 for row in metrics["history"])
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "| mixup / cutmix | mixup alpha 0.2, cutmix alpha 1 (timm Mixup" in card
