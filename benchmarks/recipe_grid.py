@@ -3,6 +3,7 @@
     python -m benchmarks.recipe_grid --data food101-30=../shared/data/food101-30 --img-size 64 --epochs 3 \
         --variant d2l="--recipe d2l" --variant default="" --seeds 0 1 2 --results grid.jsonl
     python -m benchmarks.recipe_grid --results grid.jsonl --table      # the markdown rows for ACCURACY.md
+    python -m benchmarks.recipe_grid --results grid.jsonl --time-to-accuracy   # seconds to d2l's accuracy
 
 Every run is `python -m hf_finetune` from lite0's real ImageNet weights with the variant's flags, one at a time.
 Each finished cell appends one JSON line (its command, the saved model's eval accuracy, every epoch's, wall
@@ -47,6 +48,7 @@ def run_cell(data: str, root: str, img_size: int, epochs: int, variant: str, fla
             "flags": flags, "command": shlex.join(command[1:]), "selected_epoch": selected,
             "eval_acc": next(row["eval_acc"] for row in metrics["history"] if row["epoch"] == selected),
             "epoch_acc": [row["eval_acc"] for row in metrics["history"]],
+            "epoch_seconds": [row["epoch_seconds"] for row in metrics["history"]],  # train + eval pass
             "recipe": run_config.get("recipe", {}).get("values"), "seconds": time.perf_counter() - start,
             "load_at_start": load, "cpu": cpu_model(), "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}
 
@@ -71,6 +73,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def time_to_accuracy(rows: list[dict]) -> str:
+    """Per (data, size, epochs): wall seconds (train + eval, summed over epochs) until a variant's eval accuracy
+    first reaches d2l's mean final accuracy, mean over the seeds that reach it."""
+    cells = defaultdict(list)
+    for row in rows:
+        cells[cell_key(row)[:3]].append(row)
+    lines = ["| data | px | epochs | target: d2l's mean final acc | variant | seeds reaching it | epochs to it "
+             "(per seed) | seconds to it, mean | whole run, mean seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    for (data, size, epochs), runs in sorted(cells.items()):
+        baseline = [row["eval_acc"] for row in runs if row["variant"] == "d2l"]
+        if not baseline:
+            continue
+        target = statistics.mean(baseline)
+        for variant in sorted({row["variant"] for row in runs}):
+            reached = []
+            for row in (row for row in runs if row["variant"] == variant):
+                first = next((i for i, acc in enumerate(row["epoch_acc"]) if acc >= target), None)
+                reached.append(None if first is None else (first + 1, sum(row["epoch_seconds"][:first + 1])))
+            hits = [hit for hit in reached if hit]
+            whole = statistics.mean(sum(row["epoch_seconds"]) for row in runs if row["variant"] == variant)
+            seconds = f"{statistics.mean(s for _, s in hits):.0f}" if hits else "-"
+            lines.append(f"| {data} | {size} | {epochs} | {target:.3f} | {variant} | {len(hits)} of {len(reached)} | "
+                         f"{' / '.join(str(hit[0]) if hit else '-' for hit in reached)} | {seconds} | {whole:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", action="append", default=[], help="NAME=FOLDER (repeatable)")
@@ -81,11 +109,13 @@ def main() -> None:
     parser.add_argument("--results", required=True, help="JSON lines file the cells are appended to")
     parser.add_argument("--work", default="/tmp/recipe_grid", help="run folders and the shared decode cache")
     parser.add_argument("--table", action="store_true", help="print the results file as markdown and stop")
+    parser.add_argument("--time-to-accuracy", action="store_true",
+                        help="print each variant's time to d2l's final accuracy as markdown and stop")
     args = parser.parse_args()
     results = Path(args.results)
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    if args.table:
-        print(table(rows))
+    if args.table or args.time_to_accuracy:
+        print(table(rows) if args.table else time_to_accuracy(rows))
         return
     done = {cell_key(row) for row in rows}
     for data, root in (item.split("=", 1) for item in args.data):
