@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, run_script
 from finished_run import MULTI_LABELS, make_finished_multi_label_run
-from test_demo import serve, stop
+from test_demo import CHROMIUM, CHROMIUM_FLAGS, serve, stop
 
 from hub_server import free_port
 
@@ -96,3 +96,38 @@ def test_the_space_scores_with_a_sigmoid_and_the_thresholds_of_config_json(train
     config = json.loads((run / "config.json").read_text())
     thresholds = dict(zip(config["label_names"], config["thresholds"]))
     assert sorted(decided_labels(decided)) == sorted(label for label in scores if scores[label] >= thresholds[label])
+
+
+def test_a_real_browser_uploads_a_mosaic_and_sees_its_decided_labels(trained, tmp_path):
+    """Headless Debian chromium (Playwright): the page's 'Predicted labels' box lists what predict.py decides."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    run, image = trained
+    expected, predicted = predict_py(run, image, tmp_path)
+    port, screenshot = free_port(), tmp_path / "demo-multi-label.png"
+    process = serve([sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), str(run), "--port", str(port)],
+                    os.environ.copy(), tmp_path / "demo.log", port)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.locator("input[type=file]").first.set_input_files(str(image))
+                box = page.locator("textarea").last  # the 'Predicted labels' box (Gradio gives it no aria label)
+                for label in predicted:
+                    expect(box).to_have_value(re.compile(rf"(^|\n){label}: {expected[label]:.4f} "), timeout=60_000)
+                decided = box.input_value()
+                page.screenshot(path=str(screenshot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        stop(process)
+    print(f"screenshot: {screenshot}")
+    assert sorted(decided_labels(decided)) == sorted(predicted) and screenshot.stat().st_size > 10_000
