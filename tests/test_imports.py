@@ -62,9 +62,10 @@ def test_every_third_party_import_is_declared(folders, declared):
 
 
 def test_the_package_itself_needs_no_extra():
-    """Only the optional features (ONNX, the sweep, the demo page) may import what the plain install lacks."""
+    """Only the optional features (ONNX, the sweep, the demo page, streaming) may import what the plain install
+    lacks."""
     optional_only = set(imported_distributions("hf_finetune", "scripts")) - _declared()
-    assert optional_only <= _declared("onnx", "sweep", "demo") - _declared(), optional_only
+    assert optional_only <= _declared("onnx", "sweep", "demo", "stream") - _declared(), optional_only
 
 
 def test_the_check_sees_an_undeclared_import():

@@ -87,8 +87,9 @@ def test_body_documents_the_run_without_local_paths(run_dir):
     assert f"| eval accuracy | {metrics['final']['eval_acc']:.4f} |" in body
     assert "![Training loss and accuracy per epoch](training_curves.png)" in body
     backbone, head = run["param_groups"]
-    for fact in ("| backbone learning rate | 0.0064, for the mean loss", "x10 the backbone LR",
-                 f"| backbone | 0.0064 | 7.8125e-06 | {backbone['num_params']:,} |", "| head | 0.064 |",
+    lr = 6.4e-3 * 8 / 128  # d2l's lr at its batch 128, scaled to this run's batch 8 (the chapter's summed loss)
+    for fact in (f"| backbone learning rate | {lr:g}, for the mean loss", "x10 the backbone LR",
+                 f"| backbone | {lr:g} | {1e-3 / 128:g} | {backbone['num_params']:,} |", f"| head | {10 * lr:g} |",
                  "| epochs | 2 |", "| global batch size | 8 = 8 per device x 1 process(es)",
                  "| mixed precision | fp32 (as asked) |", "| seed | 0 |"):
         assert fact in body
