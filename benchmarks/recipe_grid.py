@@ -6,9 +6,9 @@
     python -m benchmarks.recipe_grid --results grid.jsonl --time-to-accuracy   # seconds to d2l's accuracy
 
 Every run is `python -m hf_finetune` from lite0's real ImageNet weights with the variant's flags, one at a time.
-Each finished cell appends one JSON line (its command, the saved model's eval accuracy, every epoch's, wall
-seconds, load average at start, CPU model, date) and is skipped when the results file already has it, so an
-interrupted grid goes on where it stopped.
+Each finished cell appends one JSON line (its command, the saved model's --metric and every epoch's, each
+split's numbers, wall seconds, load average at start, CPU model, date) and is skipped when the results file
+already has it, so an interrupted grid goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from benchmarks import REPO
 LITE0 = REPO.parent / "shared" / "weights" / "tf_efficientnet_lite0.in1k"
 
 
-def run_cell(data: str, root: str, img_size: int, epochs: int, variant: str, flags: str, seed: int,
-             work: Path) -> dict:
+def run_cell(data: str, root: str, img_size: int, epochs: int, variant: str, flags: str, seed: int, work: Path,
+             metric: str) -> dict:
     from hf_finetune.hardware import cpu_model
 
     output = work / f"{data}-{img_size}-{epochs}-{variant}-{seed}"
@@ -45,10 +45,13 @@ def run_cell(data: str, root: str, img_size: int, epochs: int, variant: str, fla
     run_config = json.loads((output / "run_config.json").read_text())
     selected = metrics["selected"]["selected"]["epoch"]
     return {"data": data, "img_size": img_size, "epochs": epochs, "variant": variant, "seed": seed,
-            "flags": flags, "command": shlex.join(command[1:]), "selected_epoch": selected,
-            "eval_acc": next(row["eval_acc"] for row in metrics["history"] if row["epoch"] == selected),
-            "epoch_acc": [row["eval_acc"] for row in metrics["history"]],
+            "flags": flags, "command": shlex.join(command[1:]), "selected_epoch": selected, "metric": metric,
+            "score": next(row[metric] for row in metrics["history"] if row["epoch"] == selected),
+            "epoch_scores": [row[metric] for row in metrics["history"]],
             "epoch_seconds": [row["epoch_seconds"] for row in metrics["history"]],  # train + eval pass
+            # The saved model's numbers on each split (a test split's at the thresholds tuned on eval).
+            "splits": {split: {name: value for name, value in numbers.items() if isinstance(value, float)}
+                       for split, numbers in metrics["selected"].items() if split in ("eval", "test")},
             "recipe": run_config.get("recipe", {}).get("values"), "seconds": time.perf_counter() - start,
             "load_at_start": load, "cpu": cpu_model(), "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}
 
@@ -58,18 +61,18 @@ def cell_key(row: dict) -> tuple:
 
 
 def table(rows: list[dict]) -> str:
-    """One markdown row per (data, size, epochs, variant): mean and per-seed accuracy of the saved model."""
+    """One markdown row per (data, size, epochs, variant): mean and per-seed score of the saved model."""
     cells = defaultdict(list)
     for row in rows:
         cells[cell_key(row)[:4]].append(row)
-    lines = ["| data | px | epochs | variant | mean eval acc | per seed (selected epoch) | seconds per run |",
+    lines = ["| data | px | epochs | variant | metric | mean | per seed (selected epoch) | seconds per run |",
              "|---|---|---|---|---|---|---|"]
     for (data, size, epochs, variant), runs in sorted(cells.items()):
         runs.sort(key=lambda row: row["seed"])
-        seeds = " / ".join(f"{row['eval_acc']:.3f} ({row['selected_epoch']})" for row in runs)
+        seeds = " / ".join(f"{row['score']:.3f} ({row['selected_epoch']})" for row in runs)
         seconds = " / ".join(f"{row['seconds']:.0f}" for row in runs)
-        lines.append(f"| {data} | {size} | {epochs} | {variant} | **{statistics.mean(r['eval_acc'] for r in runs):.3f}**"
-                     f" | {seeds} | {seconds} |")
+        lines.append(f"| {data} | {size} | {epochs} | {variant} | {runs[0]['metric']} | "
+                     f"**{statistics.mean(r['score'] for r in runs):.3f}** | {seeds} | {seconds} |")
     return "\n".join(lines)
 
 
@@ -82,14 +85,14 @@ def time_to_accuracy(rows: list[dict]) -> str:
     lines = ["| data | px | epochs | target: d2l's mean final acc | variant | seeds reaching it | epochs to it "
              "(per seed) | seconds to it, mean | whole run, mean seconds |", "|---|---|---|---|---|---|---|---|---|"]
     for (data, size, epochs), runs in sorted(cells.items()):
-        baseline = [row["eval_acc"] for row in runs if row["variant"] == "d2l"]
+        baseline = [row["score"] for row in runs if row["variant"] == "d2l"]
         if not baseline:
             continue
         target = statistics.mean(baseline)
         for variant in sorted({row["variant"] for row in runs}):
             reached = []
             for row in (row for row in runs if row["variant"] == variant):
-                first = next((i for i, acc in enumerate(row["epoch_acc"]) if acc >= target), None)
+                first = next((i for i, acc in enumerate(row["epoch_scores"]) if acc >= target), None)
                 reached.append(None if first is None else (first + 1, sum(row["epoch_seconds"][:first + 1])))
             hits = [hit for hit in reached if hit]
             whole = statistics.mean(sum(row["epoch_seconds"]) for row in runs if row["variant"] == variant)
@@ -106,6 +109,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[5])
     parser.add_argument("--variant", action="append", default=[], help='NAME="FLAGS" (repeatable)')
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--metric", default="eval_acc", help="the history column reported (e.g. eval_map)")
     parser.add_argument("--results", required=True, help="JSON lines file the cells are appended to")
     parser.add_argument("--work", default="/tmp/recipe_grid", help="run folders and the shared decode cache")
     parser.add_argument("--table", action="store_true", help="print the results file as markdown and stop")
@@ -125,10 +129,10 @@ def main() -> None:
                     for variant, flags in (item.split("=", 1) for item in args.variant):
                         if (data, size, epochs, variant, seed) in done:
                             continue
-                        row = run_cell(data, root, size, epochs, variant, flags, seed, Path(args.work))
+                        row = run_cell(data, root, size, epochs, variant, flags, seed, Path(args.work), args.metric)
                         with results.open("a") as file:
                             file.write(json.dumps(row) + "\n")
-                        print(f"{data} {size}px {epochs}ep {variant} seed {seed}: {row['eval_acc']:.3f} "
+                        print(f"{data} {size}px {epochs}ep {variant} seed {seed}: {row['score']:.3f} "
                               f"(epoch {row['selected_epoch']}, {row['seconds']:.0f} s)", flush=True)
 
 
