@@ -66,7 +66,7 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         cells[cell_key(row)[:4]].append(row)
     lines = ["| data | px | epochs | variant | metric | mean | per seed (selected epoch) | seconds per run |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for (data, size, epochs, variant), runs in sorted(cells.items()):
         runs.sort(key=lambda row: row["seed"])
         seeds = " / ".join(f"{row['score']:.3f} ({row['selected_epoch']})" for row in runs)
