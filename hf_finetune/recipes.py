@@ -38,9 +38,8 @@ class Recipe:
 RECIPES = {
     "lp-ft": Recipe(
         "head warm-up then fine-tune (LP-FT, fastai's fine_tune): 5 epochs, the first 2 (at most half of "
-        "--epochs) head-only, then every layer; SGD momentum 0.9, lr 2e-4 at batch 16 (x the square root of "
-        "batch / 16), "
-        "head x10, layer-wise LR decay "
+        "--epochs) head-only, then every layer; SGD momentum 0.9, lr 2e-4 x sqrt(batch / 16), head x10, "
+        "layer-wise LR decay "
         f"{LAYER_DECAY:g}, cosine LR with 10% warm-up, label smoothing 0.1, BatchNorm statistics kept (small "
         "batches: at most 1/8 of the folder); with --no-pretrained no head-only epochs, no layer decay and "
         "BatchNorm statistics trained",
@@ -51,7 +50,7 @@ RECIPES = {
         # lower LR than its 6.4e-3 (measured on hotdog-mini: 1e-3 and 2e-3 lose accuracy once the backbone trains).
         {"lr": 2e-4, "momentum": 0.9, "weight_decay": 1e-4},
         # sqrt, not linear: measured in ACCURACY.md (linear won 1.7 points on food101-30 at batch 128 and lost
-        # 2.7 on food101-mini at batch 64, where the backbone's first full-LR updates undo the head warm-up).
+        # 2.7 on food101-mini at batch 64; sqrt beats d2l on both by 4-10 points).
         batch_size="small-data", warmup_fraction=0.1, reference_batch=16, lr_scaling="sqrt"),
     "d2l": Recipe(
         "the d2l Fine-Tuning chapter: plain SGD, constant LR, head x10, batch 128, 5 epochs",
