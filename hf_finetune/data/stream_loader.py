@@ -57,7 +57,11 @@ class StreamSamples(IterableDataset):
         self.epoch, self._resume, self._state = 0, None, None
 
     def set_epoch(self, epoch: int) -> None:
+        """Called in the main process before each epoch's workers start. datasets' set_epoch is `_epoch += epoch -
+        _epoch` on a tensor every loader worker shares: were the workers to call it, two at once could leave one on
+        another epoch's shard order."""
         self.epoch = epoch
+        self.stream.set_epoch(epoch)
 
     def state_dict(self) -> dict:
         return self._state or self._epoch_start()
@@ -73,7 +77,6 @@ class StreamSamples(IterableDataset):
         worker_id = worker.id if worker is not None else 0
         state, self._resume = self._resume or self._epoch_start(), None
         epoch = state["epoch"]
-        self.stream.set_epoch(epoch)
         if state["stream"] is not None:
             self.stream.load_state_dict(state["stream"])
         records, start = iter(self.stream), state["stream"]
