@@ -11,6 +11,8 @@ normalization happen once per batch on its device, in the training step (Normali
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing.util  # registers multiprocessing's exit hook before ours (below)
 import signal
 from functools import partial
 from typing import Callable, Optional
@@ -126,6 +128,20 @@ def leave_sigterm_to_the_main_process(worker_id: int) -> None:
     here, the signal is the main process's alone (train.guard.StopGuard): it finishes the step, saves and exits,
     and torch shuts the workers down; they still leave with a killed main process (torch's parent watchdog)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _end_loader_workers_at_exit() -> None:
+    """At interpreter exit multiprocessing ends daemonic children with SIGTERM and waits for them; loader workers
+    ignore it (above), and torch shuts them down only from a loader iterator's __del__, never during exit. A
+    process exiting while an iterator was still referenced (a resumed run's, or one in an error's traceback) then
+    waited forever. The workers hold nothing to save: they get SIGKILL first. Registered after multiprocessing's
+    own exit hook (imported above), so it runs before it."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(_end_loader_workers_at_exit)
 
 
 def create_dataloaders(data: ImageData, model: nn.Module, per_device_batch_size: int, num_workers: Optional[int],

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import timm
 import torch
-from conftest import make_image_folder, run_script
+from conftest import REPO_ROOT, make_image_folder, run_script
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
@@ -122,6 +126,37 @@ def test_workers_deliver_every_image_once(tmp_path):
     for _ in range(2):  # persistent workers serve a second epoch
         assert sum(len(batch["label"]) for batch in train_loader) == 20
     assert sorted(torch.cat([batch["label"] for batch in eval_loader]).tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+EXIT_WITH_WORKERS_ALIVE = """
+import sys, timm
+from hf_finetune.config import FinetuneConfig
+from hf_finetune.data.cache import prepare_images
+from hf_finetune.data.loaders import create_dataloaders
+from hf_finetune.data.sources import load_image_data
+model = timm.create_model("test_efficientnet", num_classes=2)
+data = prepare_images(load_image_data(FinetuneConfig(data_dir=sys.argv[1])), model)
+train_loader, _ = create_dataloaders(data, model, 4, num_workers=2)
+batches = iter(train_loader)
+next(batches)  # the iterator, and its workers, still alive at exit
+"""
+
+
+def test_a_process_exits_while_its_loader_workers_are_alive(tmp_path):
+    """The workers ignore SIGTERM (leave_sigterm_to_the_main_process), which is how multiprocessing ends daemonic
+    children at interpreter exit: a run whose loader iterator was still referenced then waited for them forever
+    (seen after a resumed run had written everything)."""
+    root = make_image_folder(tmp_path / "data", per_class=(10, 3))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", EXIT_WITH_WORKERS_ALIVE, str(root)], env=env,
+                               start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the process did not exit: it waits for loader workers that ignore SIGTERM")
+    assert process.returncode == 0, stderr[-2000:]
 
 
 @pytest.mark.parametrize("cache_flag", [[], ["--no-cache"]])
