@@ -13,6 +13,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Callable, Optional, Union
 
 CLASSES = ("cat", "dog", "bird")
 
@@ -30,19 +31,22 @@ def _jpeg(class_index: int, seed: int, size: int) -> bytes:
 
 
 def image_records(count: int, classes=CLASSES, size: int = 32, multi_label: bool = False, first: int = 0,
-                  truncated=()) -> list[dict]:
+                  truncated=(), label_of: Optional[Callable[[int], Union[int, list]]] = None) -> list[dict]:
     """`count` records with ids first..first+count-1; record i has class i % len(classes) (multi-label: also
-    class (i + 1) % len(classes) when i is odd). The records whose numbers are in `truncated` hold a JPEG cut
-    in the middle of its pixel data: it opens, and fails only when decoded, as a real truncated download does."""
+    class (i + 1) % len(classes) when i is odd), or label_of(i): a class index, or a list of them (multi-label).
+    The records whose numbers are in `truncated` hold a JPEG cut in the middle of its pixel data: it opens, and
+    fails only when decoded, as a real truncated download does."""
     records = []
     for i in range(first, first + count):
-        label = i % len(classes)
-        data = _jpeg(label, i, size)
+        label = i % len(classes) if label_of is None else label_of(i)
+        data = _jpeg(min(label) if isinstance(label, list) else label, i, size)
         if i in truncated:  # cut halfway through the compressed scan, after the start-of-scan marker
             scan = data.index(b"\xff\xda")
             data = data[:scan + (len(data) - scan) // 2]
         record = {"sample_id": f"{i:05d}", "image": {"bytes": data, "path": None}}
-        if multi_label:
+        if isinstance(label, list):
+            record["labels"] = label
+        elif multi_label:
             record["labels"] = sorted({label, (label + 1) % len(classes)} if i % 2 else {label})
         else:
             record["label"] = label

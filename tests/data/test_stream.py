@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TORCHRUN
 from hub_server import free_port
+from stream_data import image_records, write_parquet_shards
 from stream_ids import read_ids, stream_loader
-from stream_shards import write_parquet_shards
 
 from hf_finetune.errors import UserError
 
@@ -23,12 +23,21 @@ IDS = 24  # 4 train shards of 6 records; a record's label is its id
 SCRIPT = str(REPO_ROOT / "tests" / "stream_ids.py")
 
 
+def write_id_shards(folder: Path, train_shards: int, per_shard: int, val: int, truncated=()) -> Path:
+    """train-*.parquet: train_shards x per_shard records, then val-*.parquet: `val` more; each record's label is
+    its id (one class per record)."""
+    ids = train_shards * per_shard
+    names = [f"id{i}" for i in range(ids + val)]
+    same_as_id = lambda i: i  # noqa: E731
+    write_parquet_shards(folder, image_records(ids, names, label_of=same_as_id, truncated=truncated), train_shards,
+                         names)
+    write_parquet_shards(folder, image_records(val, names, first=ids, label_of=same_as_id), 1, names, split="val")
+    return folder
+
+
 @pytest.fixture
 def shards(tmp_path) -> Path:
-    names = [f"id{i}" for i in range(IDS + 4)]
-    write_parquet_shards(tmp_path / "shards", "train", 4, IDS // 4, names)
-    write_parquet_shards(tmp_path / "shards", "val", 1, 4, names, first_id=IDS)
-    return tmp_path / "shards"
+    return write_id_shards(tmp_path / "shards", 4, IDS // 4, 4)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -69,10 +78,8 @@ def test_with_loader_workers_each_epochs_order_is_the_same_every_time(shards):
 
 def test_a_rank_whose_part_ends_starts_its_next_epoch_within_the_round(tmp_path):
     """3 shards over 2 ranks (a warning: uneven) still give every rank its round's batches."""
-    names = [f"id{i}" for i in range(20)]
-    write_parquet_shards(tmp_path / "shards", "train", 3, 4, names)
-    write_parquet_shards(tmp_path / "shards", "val", 1, 2, names, first_id=12)
-    loaders = [stream_loader(tmp_path / "shards", rank, 2, rounds=(7,)) for rank in (0, 1)]
+    shards = write_id_shards(tmp_path / "shards", 3, 4, 2)
+    loaders = [stream_loader(shards, rank, 2, rounds=(7,)) for rank in (0, 1)]
     counts = [len(list(loader)) for loader in loaders]
     assert counts == [7, 7] and all(loader.stream_epoch >= 1 for loader in loaders)
 
@@ -125,10 +132,7 @@ def test_two_nodes_without_a_shared_disk_resume_their_epoch_exactly(shards, tmp_
 
 
 def test_unreadable_records_are_skipped_and_too_many_stop_the_stream(tmp_path, caplog):
-    names = [f"id{i}" for i in range(12)]
-    write_parquet_shards(tmp_path / "shards", "train", 2, 5, names, broken={3})
-    write_parquet_shards(tmp_path / "shards", "val", 1, 2, names, first_id=10)
-    loader = stream_loader(tmp_path / "shards", 0, 1)
+    loader = stream_loader(write_id_shards(tmp_path / "shards", 2, 5, 2, truncated={3}), 0, 1)
     assert sorted(read_ids(loader)) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     assert "skipping unreadable streamed record" in caplog.text
     loader.samples.max_bad_fraction = 0.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import resolved, run_script
-from stream_shards import write_parquet_shards, write_webdataset_shards
+from stream_data import image_records, write_parquet_shards, write_webdataset_shards
 from test_reliability import sigterm_mid_epoch_then_resume_matches_straight
 
 from hf_finetune.config import FinetuneConfig
@@ -20,8 +20,8 @@ NAMES = ["cat", "dog"]
 
 
 def _parquet(folder: Path, shards=4, per_shard=12) -> Path:
-    write_parquet_shards(folder, "train", shards, per_shard, NAMES, label_of=lambda i: i % 2)
-    write_parquet_shards(folder, "val", 1, 6, NAMES, label_of=lambda i: i % 2, first_id=1000)
+    write_parquet_shards(folder, image_records(shards * per_shard, NAMES), shards, NAMES)
+    write_parquet_shards(folder, image_records(6, NAMES, first=1000), 1, NAMES, split="val")
     return folder
 
 
@@ -49,8 +49,9 @@ def test_the_length_is_max_steps_or_epochs_of_a_known_size_resolved_once():
 
 
 def test_labels_that_are_no_classlabel_need_label_names_since_a_stream_cannot_be_scanned(tmp_path):
-    write_webdataset_shards(tmp_path, "train", 2, 3, lambda i: ["a"])
-    write_webdataset_shards(tmp_path, "val", 1, 2, lambda i: ["a"], first_id=10)
+    first_class_only = lambda i: [0]  # noqa: E731
+    write_webdataset_shards(tmp_path, image_records(6, label_of=first_class_only), 2)
+    write_webdataset_shards(tmp_path, image_records(2, first=10, label_of=first_class_only), 1, split="val")
     options = dict(streaming=True, data_files=str(tmp_path / "train-*.tar"),
                    eval_data_files=str(tmp_path / "val-*.tar"), max_eval_samples=2)
     with pytest.raises(UserError, match="a stream cannot be scanned for its label names: give --label-names"):
@@ -60,9 +61,9 @@ def test_labels_that_are_no_classlabel_need_label_names_since_a_stream_cannot_be
 
 
 def test_a_webdataset_multi_label_stream_trains_with_a_streamed_eval_split(tmp_path):
-    labels = lambda i: [["a"], ["b"], ["a", "c"]][i % 3]  # noqa: E731
-    write_webdataset_shards(tmp_path / "shards", "train", 2, 6, labels)
-    write_webdataset_shards(tmp_path / "shards", "val", 1, 6, labels, first_id=100)
+    labels = lambda i: [[0], [1], [0, 2]][i % 3]  # noqa: E731  (a, b, a c)
+    write_webdataset_shards(tmp_path / "shards", image_records(12, label_of=labels), 2)
+    write_webdataset_shards(tmp_path / "shards", image_records(6, first=100, label_of=labels), 1, split="val")
     result = run_script("finetune.py", "--streaming", "--data-files", tmp_path / "shards/train-{000000..000001}.tar",
                         "--eval-data-files", tmp_path / "shards/val-*.tar", "--label-names", "a,b,c",
                         "--max-eval-samples", "4", "--model", "test_resnet", "--no-pretrained", "--img-size", "48",
