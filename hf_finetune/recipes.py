@@ -19,6 +19,10 @@ from hf_finetune.errors import UserError
 ADAMW_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.05}
 # Lower layers move less once the backbone trains (timm's and BEiT's fine-tuning practice); measured in ACCURACY.md.
 LAYER_DECAY = 0.75
+# LP-FT's head warm-up lasts the fewest whole epochs that give the new head this many updates (at most 2 epochs
+# and half of --epochs). The small folders it was measured on (10-16 updates an epoch) keep their 2 head-only
+# epochs; 9,000 photos (70 an epoch at batch 128) get 1, where the second cost accuracy (ACCURACY.md).
+HEAD_ONLY_UPDATES = 50
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,15 @@ class Recipe:
 RECIPES = {
     "lp-ft": Recipe(
         "head warm-up then fine-tune (LP-FT, fastai's fine_tune): 5 epochs, the first 2 (at most half of "
-        "--epochs) head-only, then every layer; SGD momentum 0.9, lr 2e-4 x sqrt(batch / 16), head x10, "
+        f"--epochs, and 1 when it gives the head {HEAD_ONLY_UPDATES} updates) head-only, then every layer; SGD "
+        "momentum 0.9, lr 2e-4 x sqrt(batch / 16), head x10, "
         "layer-wise LR decay "
         f"{LAYER_DECAY:g}, cosine LR with 10% warm-up, label smoothing 0.1, BatchNorm statistics kept (small "
         "batches: at most 1/8 of the folder); with --no-pretrained no head-only epochs, no layer decay and "
         "BatchNorm statistics trained",
         {"optimizer": "sgd", "head_lr_mult": 10.0, "lr_scheduler": "cosine", "epochs": 5,
-         "freeze_epochs": lambda config: min(2, config.epochs // 2), "label_smoothing": 0.1, "freeze_bn": True,
+         "freeze_epochs": lambda config, updates_per_epoch: head_only_epochs(config.epochs, updates_per_epoch),
+         "label_smoothing": 0.1, "freeze_bn": True,
          "layer_decay": LAYER_DECAY},
         # Momentum 0.9 at batch 16 moves ~10x further per sample than the chapter's plain SGD at 128: a ~30x
         # lower LR than its 6.4e-3 (measured on hotdog-mini: 1e-3 and 2e-3 lose accuracy once the backbone trains).
@@ -96,9 +102,10 @@ def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bo
     ({option: value} the recipe set, {option: why} for each recipe value this model does not take)."""
     recipe = get_recipe(config.recipe)
     replaced = {} if pretrained else SCRATCH_VALUES
-    filled = _fill(config, {name: value for name, value in recipe.values.items() if name not in replaced})
-    adjusted = _adjust(config, recipe.values, replaced, "the backbone is random (--no-pretrained)")
-    lr_unset = config.lr is None
+    # Values that are functions of the data (config, updates per epoch) wait for the batch size, below.
+    filled = _fill(config, {name: value for name, value in recipe.values.items()
+                            if name not in replaced and not callable(value)})
+    adjusted, lr_unset = {}, config.lr is None
     filled |= _fill(config, recipe.sgd if config.optimizer == "sgd" else ADAMW_DEFAULTS)
     if config.momentum is None:  # AdamW has none; the field stays a number for the card and run_config
         filled |= _fill(config, {"momentum": 0.0})
@@ -117,8 +124,12 @@ def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bo
                           f"({config.batch_size} vs the {recipe.reference_batch} it was measured at)")
     # Updates per epoch: Accelerate pads each process to the same number of batches, and the last accumulation
     # of an epoch steps too, so ceil(ceil(ceil(N / per device) / processes) / accumulation) = ceil(N / batch).
-    total_updates = math.ceil(train_size / config.batch_size) * config.epochs
-    filled |= _fill(config, {"warmup_steps": math.ceil(recipe.warmup_fraction * total_updates)})
+    updates_per_epoch = math.ceil(train_size / config.batch_size)
+    of_the_data = {name: value(config, updates_per_epoch) for name, value in recipe.values.items() if callable(value)}
+    filled |= _fill(config, {name: value for name, value in of_the_data.items() if name not in replaced})
+    scratch = _adjust(config, recipe.values | of_the_data, replaced, "the backbone is random (--no-pretrained)")
+    adjusted = scratch | adjusted
+    filled |= _fill(config, {"warmup_steps": math.ceil(recipe.warmup_fraction * updates_per_epoch * config.epochs)})
     return filled, adjusted
 
 
@@ -128,12 +139,18 @@ def _adjust(config, recipe_values: dict, replacements: dict, reason: str) -> dic
     adjusted = {}
     for name, value in replacements.items():
         if name in recipe_values and getattr(config, name) is None:
-            recipe_value = recipe_values.get(name)
-            recipe_value = recipe_value(config) if callable(recipe_value) else recipe_value
+            recipe_value = recipe_values[name]
             setattr(config, name, value)
             if recipe_value != value:
                 adjusted[name] = f"{_format(value)}, not the recipe's {_format(recipe_value)}: {reason}"
     return adjusted
+
+
+def head_only_epochs(epochs: int, updates_per_epoch: int) -> int:
+    """LP-FT's head-only epochs: the fewest that give the head HEAD_ONLY_UPDATES updates, at most 2 and at most
+    half of `epochs` (a sweep's centre knows no data yet: 2)."""
+    needed = math.ceil(HEAD_ONLY_UPDATES / updates_per_epoch) if updates_per_epoch else 2
+    return min(2, epochs // 2, needed)
 
 
 def small_data_batch_size(train_size: int) -> int:
@@ -146,7 +163,6 @@ def _fill(config, values: dict) -> dict:
     filled = {}
     for name, value in values.items():
         if getattr(config, name) is None:
-            value = value(config) if callable(value) else value  # e.g. a share of the epochs
             setattr(config, name, value)
             filled[name] = value
     return filled

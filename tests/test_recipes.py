@@ -33,6 +33,17 @@ def test_default_recipe_warms_up_the_head_then_fine_tunes_with_momentum_cosine_a
     assert config.recipe_values["batch_size"] == 16 and config.recipe_values["warmup_steps"] == 7
 
 
+def test_the_head_warm_up_lasts_the_fewest_epochs_that_give_the_head_50_updates():
+    # 200 photos at batch 16: 13 updates an epoch, 2 epochs; 1,000 at 64: 16, 2 epochs; 9,000 at 128: 71, 1 epoch.
+    assert [resolved(parse_config([]), train_size=size).freeze_epochs for size in (200, 1000, 9000)] == [2, 2, 1]
+    mid_size = resolved(parse_config(["--epochs", "10"]), train_size=9000)
+    assert mid_size.freeze_epochs == 1 and mid_size.recipe_values["freeze_epochs"] == 1
+    assert resolved(parse_config(["--freeze-epochs", "2"]), train_size=9000).freeze_epochs == 2  # given: kept
+    scratch = resolved(parse_config([]), train_size=9000, pretrained=False)
+    assert scratch.freeze_epochs == 0
+    assert scratch.recipe_adjusted["freeze_epochs"] == "0, not the recipe's 1: the backbone is random (--no-pretrained)"
+
+
 @pytest.mark.parametrize("train_size, batch", [(10, 16), (200, 16), (250, 16), (300, 32), (1000, 64),
                                                (1024, 128), (100_000, 128)])
 def test_small_data_batch_is_at_most_an_eighth_of_the_folder_between_16_and_128(train_size, batch):
