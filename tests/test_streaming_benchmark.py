@@ -6,11 +6,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import make_image_folder
+from conftest import make_image_folder, needs_stream_loader
 from test_benchmark import _rows, run_benchmark
 
 
 @pytest.mark.slow  # four measuring processes: 1.7 min here, beside other work
+@needs_stream_loader
 def test_streaming_benchmark_measures_both_loaders_on_shards_that_hold_the_images(tmp_path):
     from datasets import ClassLabel, load_dataset
 

@@ -173,6 +173,20 @@ class StreamLoader:
         self.loader.load_state_dict(state["loader"])
 
 
+# Before datasets 5.1 its shuffle buffer, even of one record, held that record back until the next one was read:
+# a checkpoint's stream state was one record past what was yielded, and a resumed run skipped it.
+EXACT_RESUME_DATASETS = (5, 1)
+
+
+def check_exact_resume_support() -> None:
+    import datasets
+
+    major_minor = tuple(int(part) for part in datasets.__version__.split(".")[:2])
+    if major_minor < EXACT_RESUME_DATASETS:
+        raise UserError(f"--streaming needs datasets >= 5.1 (this is {datasets.__version__}): older ones skip a "
+                        "record when a stream resumes; pip install 'hf_finetune[stream]'")
+
+
 def round_batches(max_steps: int, steps_per_round: int, accumulation: int) -> list[int]:
     """Micro-batches of each round: --checkpoint-every optimizer steps, the last round what is left."""
     rounds = -(-max_steps // steps_per_round)
@@ -190,6 +204,7 @@ def create_stream_loader(stream, transform: Callable, settings: ImageSettings, b
         from torchdata.stateful_dataloader import StatefulDataLoader
     except ImportError:
         raise UserError("--streaming needs torchdata's StatefulDataLoader: pip install 'hf_finetune[stream]'") from None
+    check_exact_resume_support()
 
     readers = world_size * max(num_workers, 1)
     if stream.num_shards % readers:

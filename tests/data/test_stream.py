@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TORCHRUN
+from conftest import REPO_ROOT, TORCHRUN, needs_stream_loader
 from hub_server import free_port
 from stream_data import image_records, write_parquet_shards
 from stream_ids import read_ids, stream_loader
 
 from hf_finetune.errors import UserError
 
+pytestmark = needs_stream_loader
 IDS = 24  # 4 train shards of 6 records; a record's label is its id
 SCRIPT = str(REPO_ROOT / "tests" / "stream_ids.py")
 

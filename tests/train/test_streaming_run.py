@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import resolved, run_script
+from conftest import STREAMS_RESUME_EXACTLY, needs_stream_loader, resolved, run_script
 from stream_data import image_records, write_parquet_shards, write_webdataset_shards
 from test_reliability import sigterm_mid_epoch_then_resume_matches_straight
 
@@ -60,6 +60,17 @@ def test_labels_that_are_no_classlabel_need_label_names_since_a_stream_cannot_be
     assert data.task == "multi-label" and data.label_names == ["a", "b"] and data.eval["label"] == [[0], [0]]
 
 
+@pytest.mark.skipif(STREAMS_RESUME_EXACTLY, reason="the refusal is for datasets < 5.1 (the floors step's 4.0)")
+def test_streaming_on_a_datasets_that_cannot_resume_a_stream_exactly_is_refused_in_one_line(tmp_path):
+    """Before datasets 5.1 a checkpoint's stream state was one record past what was trained on: a resumed run
+    skipped it (found by the resume test on the floors' datasets 4.0)."""
+    shards = _parquet(tmp_path / "shards")
+    result = run_script("finetune.py", *_args(shards, tmp_path / "out", "--max-steps", "2"), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "error: --streaming needs datasets >= 5.1" in result.stderr
+
+
+@needs_stream_loader
 def test_a_webdataset_multi_label_stream_trains_with_a_streamed_eval_split(tmp_path):
     labels = lambda i: [[0], [1], [0, 2]][i % 3]  # noqa: E731  (a, b, a c)
     write_webdataset_shards(tmp_path / "shards", image_records(12, label_of=labels), 2)
@@ -76,6 +87,7 @@ def test_a_webdataset_multi_label_stream_trains_with_a_streamed_eval_split(tmp_p
 
 
 @pytest.mark.slow
+@needs_stream_loader
 def test_sigterm_mid_round_then_resume_is_bitwise_identical(tmp_path):
     shards = _parquet(tmp_path / "shards")  # 48 records: 24 batches of 2, read by 2 workers
     argv = lambda out: _args(shards, out, "--batch-size", "2", "--max-steps", "48", "--checkpoint-every", "24",  # noqa
@@ -89,6 +101,7 @@ def _tree(*folders: Path) -> dict:
 
 
 @pytest.mark.slow
+@needs_stream_loader
 def test_four_times_the_steps_write_nothing_more_than_checkpoints(tmp_path):
     shards = _parquet(tmp_path / "shards")
     cache, hf_home = tmp_path / "cache", Path(os.environ["HF_HOME"])
@@ -121,6 +134,7 @@ def test_the_readmes_folder_to_parquet_snippet_makes_shards_a_stream_reads(tmp_p
 
 
 @pytest.mark.slow
+@needs_stream_loader
 def test_two_processes_on_shards_that_do_not_divide_run_the_same_steps_and_warn(tmp_path):
     """3 shards over 2 ranks: datasets gives each rank every other record (15), so passes end mid-batch at other
     steps on each rank; the run must neither hang nor miscount."""
@@ -134,6 +148,7 @@ def test_two_processes_on_shards_that_do_not_divide_run_the_same_steps_and_warn(
 
 
 @pytest.mark.slow
+@needs_stream_loader
 def test_two_processes_stopped_by_sigterm_resume_their_streams_bitwise(tmp_path):
     """torchrun, 2 ranks: SIGTERM to the job's process group mid-round; both ranks save their loader state into
     the checkpoint, and the rerun ends bitwise equal to an uninterrupted 2-process run."""
@@ -160,6 +175,7 @@ def test_two_processes_stopped_by_sigterm_resume_their_streams_bitwise(tmp_path)
     _same_history(tmp_path / "straight", tmp_path / "stopped")
 
 
+@needs_stream_loader
 def test_a_hub_dataset_streams_over_http_into_a_run(tmp_path, hub, hub_dataset, hub_env):
     """--dataset-name with --streaming, the way hf://datasets/... is read: shards fetched by Range from the local
     Hub, labels from the repo's ClassLabel feature, the validation split through the decode-once cache."""
