@@ -145,7 +145,7 @@ SCRIPT_ROWS = {
     "sweep.py": {
         "n_trials": [["--n-trials", "0"], ["--n-trials", "x"]],
         "timeout": [["--timeout", "soon"]],
-        "storage": [["--storage"]],
+        "storage": [["--storage"], ["--storage", "nosuchdb://sweep"]],
         "study_name": [["--study-name"]],
         "output_dir": [["--output-dir", "{file}"]],
         "space": [["--space", "{missing}.yaml"]],

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,10 +26,9 @@ from hf_finetune.errors import TrainingStopped, UserError
 from hf_finetune.run import finetune
 from hf_finetune.sweep.ranks import receive, reset_accelerate_state, send, shared_state
 from hf_finetune.sweep.space import as_flags, load_space, suggest
-from hf_finetune.train.guard import NON_FINITE
 from hf_finetune.tasks.multi_label import MultiLabel
 from hf_finetune.tasks.single_label import SingleLabel
-
+from hf_finetune.train.guard import NON_FINITE
 
 # Every --select-metric, either task's: (metrics key, higher is better); a name both tasks have means the same.
 SELECT_DIRECTIONS = SELECT_METRICS | MULTI_LABEL_SELECT_METRICS
@@ -70,16 +71,9 @@ def sweep(finetune_args: list[str], space_path: Optional[str], settings: SweepSe
 def load_study(settings: SweepSettings, finetune_args: list[str], select_metric: str):
     """Create the study, or load it when it exists: its direction and finetune flags must be this sweep's."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     direction = "maximize" if SELECT_DIRECTIONS[select_metric][1] else "minimize"
-    try:
-        storage = RDBStorage(settings.storage, heartbeat_interval=settings.heartbeat,
-                             grace_period=2 * settings.heartbeat,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                 max_retry=3, inherit_intermediate_values=True))
-    except Exception as error:  # SQLAlchemy's ArgumentError, a missing driver, an unreachable server
-        raise UserError(f"--storage {settings.storage}: {str(error).splitlines()[0]}") from None
+    storage = open_storage(settings.storage, settings.heartbeat)
     study = optuna.create_study(storage=storage, study_name=settings.study_name, direction=direction,
                                 load_if_exists=True)
     if study.direction.name.lower() != direction:
@@ -97,6 +91,30 @@ def load_study(settings: SweepSettings, finetune_args: list[str], select_metric:
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.prune_startup_trials,
                                                n_warmup_steps=settings.prune_warmup_epochs)
     return study
+
+
+def open_storage(url: str, heartbeat: int, attempts: int = 5):
+    """Optuna's RDBStorage, which creates a new database's tables and stamps its schema version.
+
+    It does so check-then-create (optuna/optuna#4621): sweeps started together on one new database race, and the
+    losers fail with "table ... already exists" or a unique-constraint error once a winner has made the schema.
+    Opening again then finds it complete and writes nothing, so each failure is retried a few times; an error that
+    persists (a bad URL, a missing driver, an unreachable server) becomes one line.
+    """
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; we rely on them knowingly
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                      max_retry=3, inherit_intermediate_values=True))
+        except Exception as error:  # SQLAlchemy's ArgumentError, OperationalError, IntegrityError; ImportError
+            if attempt == attempts - 1 or isinstance(error, ImportError):
+                raise UserError(f"--storage {url}: {str(error).splitlines()[0]}") from None
+            time.sleep(0.2 * (attempt + 1))
 
 
 def finished_count(study) -> int:

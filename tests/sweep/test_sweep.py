@@ -221,3 +221,40 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(photos, tmp_path):
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep.db'}")
     assert all(trial.user_attrs["failure"].startswith("non-finite loss") for trial in study.trials)
     assert not (output_dir / "best.yaml").exists() and "no trial completed" in result.stdout
+
+
+def _open_study_at_once(barrier, storages: list[str], errors) -> None:
+    """One sweep process's start: wait for the others, then open each study at the same moment they do."""
+    from hf_finetune.sweep.search import SweepSettings, load_study
+
+    for storage in storages:
+        settings = SweepSettings(storage=storage, study_name="sweep", output_dir=Path(storage), n_trials=1,
+                                 timeout=None, seed=0, prune_startup_trials=1, prune_warmup_epochs=1, heartbeat=60)
+        barrier.wait()
+        try:
+            load_study(settings, ["--epochs", "1"], "eval_loss")
+        except UserError as error:
+            errors.put(str(error))
+
+
+def test_sweeps_that_start_together_on_a_new_storage_all_open_the_study(tmp_path):
+    """Optuna creates a new storage's tables check-then-create (optuna/optuna#4621): sweeps started at once on one
+    new database raced, and the losers stopped with 'table ... already exists' (CI, stop 25). Four processes open
+    ten new databases together; before the fix most rounds had a loser."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, errors = context.Barrier(4), context.Queue()
+    storages = [f"sqlite:///{tmp_path / f'sweep{index}.db'}" for index in range(10)]
+    processes = [context.Process(target=_open_study_at_once, args=(barrier, storages, errors)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [process.exitcode for process in processes] == [0] * 4
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert not failures, failures
+    for storage in storages:  # one study in each, opened by all four
+        assert [study.study_name for study in optuna.get_all_study_summaries(storage)] == ["sweep"]
