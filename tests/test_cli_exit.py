@@ -13,9 +13,11 @@ from conftest import TORCHRUN
 # finalizes, which aborts the process. Here the worker frees a Python object whose finalizer takes the GIL over
 # and over, so the moment that is rare in a real run is certain.
 LATE_GLOO_THREAD = '''
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -44,6 +46,13 @@ def main():
     completed.wait()
     dist.destroy_process_group()
     print("rank finished", flush=True)
+    # Once a rank exits non-zero torchrun stops the others: each waits for the other's line first (through files,
+    # as the process group is gone), so a loaded machine's slower rank is not stopped before it printed.
+    here = Path(__file__).parent
+    (here / f"finished-{os.environ['RANK']}").touch()
+    deadline = time.monotonic() + 120
+    while len(list(here.glob("finished-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     if sys.argv[1] == "stopped":
         raise TrainingStopped("stopped by SIGTERM")
 
