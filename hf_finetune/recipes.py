@@ -17,8 +17,10 @@ from hf_finetune.errors import UserError
 # Decoupled AdamW decay for fine-tuning image models (timm's and the HF examples' AdamW recipes); the SGD
 # value of a recipe would be no decay at all for AdamW.
 ADAMW_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.05}
-# Lower layers move less once the backbone trains (timm's and BEiT's fine-tuning practice); measured in ACCURACY.md.
-LAYER_DECAY = 0.75
+# Lower layers move less once the backbone trains (timm's and BEiT's fine-tuning practice), and more the more photos
+# there are to fit them: 0.75 up to SMALL_DATA training photos (there it beat 0.85 and no decay), then 0.05 more for
+# each doubling, at most 0.9 (from 8,000 photos; on food101-30's 9,000 it beat 0.75). Measured in ACCURACY.md.
+LAYER_DECAY, LAYER_DECAY_PER_DOUBLING, LAYER_DECAY_MAX, SMALL_DATA = 0.75, 0.05, 0.9, 1000
 # LP-FT's head warm-up lasts the fewest whole epochs that give the new head this many updates (at most 2 epochs
 # and half of --epochs). The small folders it was measured on (10-16 updates an epoch) keep their 2 head-only
 # epochs; 9,000 photos (70 an epoch at batch 128) get 1, where the second cost accuracy (ACCURACY.md).
@@ -28,7 +30,9 @@ HEAD_ONLY_UPDATES = 50
 @dataclass(frozen=True)
 class Recipe:
     description: str
-    values: dict  # option -> value (or function of the config filled so far) not depending on optimizer or data
+    # option -> value, or a function of (the config filled so far, training photos, updates per epoch) for a
+    # value that depends on the data; none depends on the optimizer.
+    values: dict
     sgd: dict  # lr, momentum, weight_decay when the optimizer is SGD
     batch_size: str  # "chapter" (128) or "small-data" (see small_data_batch_size)
     warmup_fraction: float  # of all optimizer updates
@@ -44,14 +48,14 @@ RECIPES = {
         "head warm-up then fine-tune (LP-FT, fastai's fine_tune): 5 epochs, the first 2 (at most half of "
         f"--epochs, and 1 when it gives the head {HEAD_ONLY_UPDATES} updates) head-only, then every layer; SGD "
         "momentum 0.9, lr 2e-4 x sqrt(batch / 16), head x10, "
-        "layer-wise LR decay "
-        f"{LAYER_DECAY:g}, cosine LR with 10% warm-up, label smoothing 0.1, BatchNorm statistics kept (small "
-        "batches: at most 1/8 of the folder); with --no-pretrained no head-only epochs, no layer decay and "
-        "BatchNorm statistics trained",
+        f"layer-wise LR decay {LAYER_DECAY:g} (up to {SMALL_DATA:,} photos, +{LAYER_DECAY_PER_DOUBLING:g} for each "
+        f"doubling beyond, at most {LAYER_DECAY_MAX:g}), cosine LR with 10% warm-up, label smoothing 0.1, "
+        "BatchNorm statistics kept (small batches: at most 1/8 of the folder); with --no-pretrained no head-only "
+        "epochs, no layer decay and BatchNorm statistics trained",
         {"optimizer": "sgd", "head_lr_mult": 10.0, "lr_scheduler": "cosine", "epochs": 5,
-         "freeze_epochs": lambda config, updates_per_epoch: head_only_epochs(config.epochs, updates_per_epoch),
+         "freeze_epochs": lambda config, photos, updates: head_only_epochs(config.epochs, updates),
          "label_smoothing": 0.1, "freeze_bn": True,
-         "layer_decay": LAYER_DECAY},
+         "layer_decay": lambda config, photos, updates: layer_decay_for(photos)},
         # Momentum 0.9 at batch 16 moves ~10x further per sample than the chapter's plain SGD at 128: a ~30x
         # lower LR than its 6.4e-3 (measured on hotdog-mini: 1e-3 and 2e-3 lose accuracy once the backbone trains).
         {"lr": 2e-4, "momentum": 0.9, "weight_decay": 1e-4},
@@ -102,17 +106,13 @@ def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bo
     ({option: value} the recipe set, {option: why} for each recipe value this model does not take)."""
     recipe = get_recipe(config.recipe)
     replaced = {} if pretrained else SCRATCH_VALUES
-    # Values that are functions of the data (config, updates per epoch) wait for the batch size, below.
+    # Values that are functions of the data wait for the batch size, below.
     filled = _fill(config, {name: value for name, value in recipe.values.items()
                             if name not in replaced and not callable(value)})
     adjusted, lr_unset = {}, config.lr is None
     filled |= _fill(config, recipe.sgd if config.optimizer == "sgd" else ADAMW_DEFAULTS)
     if config.momentum is None:  # AdamW has none; the field stays a number for the card and run_config
         filled |= _fill(config, {"momentum": 0.0})
-    if "layer_decay" in filled and not layer_groups:  # a --layer-decay given by hand is refused by layer_depths
-        adjusted["layer_decay"] = f"off, not the recipe's {config.layer_decay:g}: the model has no timm group_matcher"
-        config.layer_decay = None
-        del filled["layer_decay"]
     shares = num_processes * config.gradient_accumulation_steps
     size = 128 if recipe.batch_size == "chapter" else small_data_batch_size(train_size)
     filled |= _fill(config, {"batch_size": math.ceil(size / shares) * shares})
@@ -125,8 +125,13 @@ def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bo
     # Updates per epoch: Accelerate pads each process to the same number of batches, and the last accumulation
     # of an epoch steps too, so ceil(ceil(ceil(N / per device) / processes) / accumulation) = ceil(N / batch).
     updates_per_epoch = math.ceil(train_size / config.batch_size)
-    of_the_data = {name: value(config, updates_per_epoch) for name, value in recipe.values.items() if callable(value)}
+    of_the_data = {name: value(config, train_size, updates_per_epoch) for name, value in recipe.values.items()
+                   if callable(value)}
     filled |= _fill(config, {name: value for name, value in of_the_data.items() if name not in replaced})
+    if "layer_decay" in filled and not layer_groups:  # a --layer-decay given by hand is refused by layer_depths
+        adjusted["layer_decay"] = f"off, not the recipe's {config.layer_decay:g}: the model has no timm group_matcher"
+        config.layer_decay = None
+        del filled["layer_decay"]
     scratch = _adjust(config, recipe.values | of_the_data, replaced, "the backbone is random (--no-pretrained)")
     adjusted = scratch | adjusted
     filled |= _fill(config, {"warmup_steps": math.ceil(recipe.warmup_fraction * updates_per_epoch * config.epochs)})
@@ -151,6 +156,13 @@ def head_only_epochs(epochs: int, updates_per_epoch: int) -> int:
     half of `epochs` (a sweep's centre knows no data yet: 2)."""
     needed = math.ceil(HEAD_ONLY_UPDATES / updates_per_epoch) if updates_per_epoch else 2
     return min(2, epochs // 2, needed)
+
+
+def layer_decay_for(train_size: int) -> float:
+    """LP-FT's layer-wise LR decay for `train_size` training photos (a sweep's centre knows no data yet: the
+    small-data value)."""
+    doublings = math.log2(train_size / SMALL_DATA) if train_size > SMALL_DATA else 0.0
+    return round(min(LAYER_DECAY_MAX, LAYER_DECAY + LAYER_DECAY_PER_DOUBLING * doublings), 2)
 
 
 def small_data_batch_size(train_size: int) -> int:
