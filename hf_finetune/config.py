@@ -201,7 +201,8 @@ class FinetuneConfig:
     layer_decay: Optional[float] = _doc(
         "Scale each backbone layer group's LR by layer_decay ** (depth from the top), using timm's group_matcher; "
         "multiplied with --head-lr-mult for the head. 1 turns it off. Recipe lp-ft: 0.75 up to 1,000 training "
-        "photos, 0.05 more for each doubling beyond, at most 0.9 (off for a model without a group_matcher); d2l: off." + RECIPE_NOTE,
+        "photos, 0.05 more for each doubling beyond, at most 0.9 (off for a model without a group_matcher); "
+        "d2l: off." + RECIPE_NOTE,
         default=None,
     )
 
