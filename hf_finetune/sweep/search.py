@@ -98,11 +98,12 @@ def open_storage(url: str, heartbeat: int, attempts: int = 5):
 
     It does so check-then-create (optuna/optuna#4621): sweeps started together on one new database race, and the
     losers fail with "table ... already exists" or a unique-constraint error once a winner has made the schema.
-    Opening again then finds it complete and writes nothing, so each failure is retried a few times; an error that
-    persists (a bad URL, a missing driver, an unreachable server) becomes one line.
+    Opening again then finds it complete and writes nothing, so those two errors are retried a few times; any
+    other (a bad URL, a missing driver), or one that persists (an unreachable server), becomes one line.
     """
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     for attempt in range(attempts):
         try:
@@ -112,7 +113,7 @@ def open_storage(url: str, heartbeat: int, attempts: int = 5):
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                       max_retry=3, inherit_intermediate_values=True))
         except Exception as error:  # SQLAlchemy's ArgumentError, OperationalError, IntegrityError; ImportError
-            if attempt == attempts - 1 or isinstance(error, ImportError):
+            if attempt == attempts - 1 or not isinstance(error, (OperationalError, IntegrityError)):
                 raise UserError(f"--storage {url}: {str(error).splitlines()[0]}") from None
             time.sleep(0.2 * (attempt + 1))
 

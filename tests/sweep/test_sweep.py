@@ -228,7 +228,7 @@ def _open_study_at_once(barrier, storages: list[str], errors) -> None:
     from hf_finetune.sweep.search import SweepSettings, load_study
 
     for storage in storages:
-        settings = SweepSettings(storage=storage, study_name="sweep", output_dir=Path(storage), n_trials=1,
+        settings = SweepSettings(storage=storage, study_name="sweep", output_dir=Path("."), n_trials=1,
                                  timeout=None, seed=0, prune_startup_trials=1, prune_warmup_epochs=1, heartbeat=60)
         barrier.wait()
         try:
