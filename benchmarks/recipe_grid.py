@@ -4,6 +4,7 @@
         --variant d2l="--recipe d2l" --variant default="" --seeds 0 1 2 --results grid.jsonl
     python -m benchmarks.recipe_grid --results grid.jsonl --table      # the markdown rows for ACCURACY.md
     python -m benchmarks.recipe_grid --results grid.jsonl --time-to-accuracy   # seconds to d2l's accuracy
+    python -m benchmarks.recipe_grid --results grid.jsonl --replay-patience 2 3 25%   # early stopping, replayed
 
 Every run is `python -m hf_finetune` from lite0's real ImageNet weights with the variant's flags, one at a time.
 Each finished cell appends one JSON line (its command, the saved model's --metric and every epoch's, each
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import statistics
@@ -102,6 +104,56 @@ def time_to_accuracy(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def patience_for(rule: str, epochs: int) -> int:
+    """A --replay-patience rule: "N" epochs, or "P%" of the budget (rounded up, at least 2)."""
+    return max(2, math.ceil(float(rule[:-1]) / 100 * epochs)) if rule.endswith("%") else int(rule)
+
+
+def replay_patience(rows: list[dict], rules: list[str]) -> str:
+    """What early stopping (`--patience`) would have done to each finished run, replayed from its metrics.json.
+
+    Stopping a run early changes none of the epochs before the stop, so the model it would save is the best one
+    by eval loss (the runs' --select-metric; a tie keeps the earlier epoch) among the epochs it ran: no run
+    has to be repeated. Runs are grouped as d2l or lp-ft (every other variant) by budget."""
+    groups = defaultdict(lambda: {"runs": 0, "epochs": 0, "saved": 0, "stopped": 0, "changed": [], "delta": 0.0})
+    missing = 0
+    for row in (row for row in rows if row["metric"] == "eval_acc"):
+        argv = shlex.split(row["command"])
+        metrics = Path(argv[argv.index("--output-dir") + 1]) / "metrics.json"
+        if not metrics.exists():
+            missing += 1
+            continue
+        history = json.loads(metrics.read_text())["history"]
+        kept = min(history, key=lambda epoch: epoch["eval_loss"])  # min keeps the first of equals, as selection does
+        for rule in rules:
+            patience, best, stop = patience_for(rule, row["epochs"]), history[0], row["epochs"]
+            for epoch in history:
+                best = epoch if epoch["eval_loss"] < best["eval_loss"] else best
+                if epoch["epoch"] - best["epoch"] >= patience:
+                    stop = epoch["epoch"]
+                    break
+            saved = min(history[:stop], key=lambda epoch: epoch["eval_loss"])
+            group = groups[rule, "d2l" if row["variant"] == "d2l" else "lp-ft", row["epochs"]]
+            group["runs"] += 1
+            group["epochs"] += row["epochs"]
+            group["saved"] += row["epochs"] - stop
+            group["stopped"] += stop < row["epochs"]
+            group["delta"] += saved["eval_acc"] - kept["eval_acc"]
+            if saved is not kept:
+                group["changed"].append(f"{row['data']} {row['img_size']} px {row['variant']} seed {row['seed']} "
+                                        f"{kept['eval_acc']:.3f} -> {saved['eval_acc']:.3f}")
+    lines = ["| patience | recipe | epochs | runs | stopped early | epochs saved | saved model changed (acc before -> "
+             "after) | mean acc change |", "|---|---|---|---|---|---|---|---|"]
+    for (rule, recipe, epochs), group in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
+        lines.append(f"| {rule} | {recipe} | {epochs} | {group['runs']} | {group['stopped']} | {group['saved']} of "
+                     f"{group['epochs']} ({group['saved'] / group['epochs']:.0%}) | "
+                     f"{len(group['changed'])}{': ' + '; '.join(group['changed']) if group['changed'] else ''} | "
+                     f"{100 * group['delta'] / group['runs']:+.2f} pts |")
+    if missing:
+        lines.append(f"\n{missing} finished runs left out: their run folders are gone")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", action="append", default=[], help="NAME=FOLDER (repeatable)")
@@ -115,9 +167,15 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the results file as markdown and stop")
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help="print each variant's time to d2l's final accuracy as markdown and stop")
+    parser.add_argument("--replay-patience", nargs="+", metavar="RULE",
+                        help="print what early stopping after RULE epochs without improvement (N, or P%% of the "
+                             "budget) would have done to each finished run, from its run folder, and stop")
     args = parser.parse_args()
     results = Path(args.results)
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    if args.replay_patience:
+        print(replay_patience(rows, args.replay_patience))
+        return
     if args.table or args.time_to_accuracy:
         print(table(rows) if args.table else time_to_accuracy(rows))
         return

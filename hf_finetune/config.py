@@ -219,7 +219,8 @@ class FinetuneConfig:
         "Backbone learning rate for the MEAN loss over the global batch (the PyTorch/timm convention). "
         "The chapter's 5e-5 is for the SUMMED loss at batch 128, which is 5e-5 x 128 = 6.4e-3 here. Left unset, "
         "the recipe's LR for the batch it was measured at, scaled with --batch-size: by the square root (d2l: "
-        "linearly, as the chapter's summed loss does)." + RECIPE_NOTE,
+        "linearly, as the chapter's summed loss does); lp-ft with SGD also multiplies it by 2^(1/3) for each "
+        "doubling of the training photos beyond 1,000 (x2 from 8,000)." + RECIPE_NOTE,
         default=None,
     )
     head_lr_mult: Optional[float] = _doc("The new classifier head trains at this multiple of --lr (the chapter: "

@@ -17,10 +17,13 @@ from hf_finetune.errors import UserError
 # Decoupled AdamW decay for fine-tuning image models (timm's and the HF examples' AdamW recipes); the SGD
 # value of a recipe would be no decay at all for AdamW.
 ADAMW_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.05}
-# Lower layers move less once the backbone trains (timm's and BEiT's fine-tuning practice), and more the more photos
-# there are to fit them: 0.75 up to SMALL_DATA training photos (there it beat 0.85 and no decay), then 0.05 more for
-# each doubling, at most 0.9 (from 8,000 photos; on food101-30's 9,000 it beat 0.75). Measured in ACCURACY.md.
-LAYER_DECAY, LAYER_DECAY_PER_DOUBLING, LAYER_DECAY_MAX, SMALL_DATA = 0.75, 0.05, 0.9, 1000
+# The more photos there are to fit them, the further the pretrained layers may move: lp-ft's values that depend on
+# the data size are those measured on SMALL_DATA training photos (food101-mini) up to it, and move with each doubling
+# beyond, for at most MAX_DOUBLINGS (8,000 photos; food101-30's 9,000 are past it). Measured in ACCURACY.md.
+SMALL_DATA, MAX_DOUBLINGS = 1000, 3
+# Lower layers move less once the backbone trains (timm's and BEiT's fine-tuning practice): 0.75 up to SMALL_DATA
+# (there it beat 0.85 and no decay), 0.05 more for each doubling, so 0.9 from 8,000 (on 9,000 it beat 0.75).
+LAYER_DECAY, LAYER_DECAY_PER_DOUBLING = 0.75, 0.05
 # LP-FT's head warm-up lasts the fewest whole epochs that give the new head this many updates (at most 2 epochs
 # and half of --epochs). The small folders it was measured on (10-16 updates an epoch) keep their 2 head-only
 # epochs; 9,000 photos (70 an epoch at batch 128) get 1, where the second cost accuracy (ACCURACY.md).
@@ -41,6 +44,9 @@ class Recipe:
     # --lr-base-scale for adaptive optimizers). Unscaled, batch 128 moves each sample 8x less than batch 16.
     reference_batch: int
     lr_scaling: str
+    # An SGD LR left unset is also multiplied by this for each doubling of the training photos beyond SMALL_DATA
+    # (see data_doublings); AdamW's was not measured against the data size and is not.
+    lr_per_doubling: float = 1.0
 
 
 RECIPES = {
@@ -48,8 +54,9 @@ RECIPES = {
         "head warm-up then fine-tune (LP-FT, fastai's fine_tune): 5 epochs, the first 2 (at most half of "
         f"--epochs, and 1 when it gives the head {HEAD_ONLY_UPDATES} updates) head-only, then every layer; SGD "
         "momentum 0.9, lr 2e-4 x sqrt(batch / 16), head x10, "
-        f"layer-wise LR decay {LAYER_DECAY:g} (up to {SMALL_DATA:,} photos, +{LAYER_DECAY_PER_DOUBLING:g} for each "
-        f"doubling beyond, at most {LAYER_DECAY_MAX:g}), cosine LR with 10% warm-up, label smoothing 0.1, "
+        f"layer-wise LR decay {LAYER_DECAY:g}; beyond {SMALL_DATA:,} training photos, each doubling (at most "
+        f"{MAX_DOUBLINGS}) adds {LAYER_DECAY_PER_DOUBLING:g} to the layer decay and multiplies the LR by 2^(1/3); "
+        "cosine LR with 10% warm-up, label smoothing 0.1, "
         "BatchNorm statistics kept (small batches: at most 1/8 of the folder); with --no-pretrained no head-only "
         "epochs, no layer decay and BatchNorm statistics trained",
         {"optimizer": "sgd", "head_lr_mult": 10.0, "lr_scheduler": "cosine", "epochs": 5,
@@ -61,7 +68,9 @@ RECIPES = {
         {"lr": 2e-4, "momentum": 0.9, "weight_decay": 1e-4},
         # sqrt, not linear: measured in ACCURACY.md (linear won 1.7 points on food101-30 at batch 128 and lost
         # 2.7 on food101-mini at batch 64; sqrt beats d2l on both by 4-10 points).
-        batch_size="small-data", warmup_fraction=0.1, reference_batch=16, lr_scaling="sqrt"),
+        # x2 by 8,000 photos: on food101-30 (9,000) the sweep's best LR was ~2x the batch rule's (ACCURACY.md).
+        batch_size="small-data", warmup_fraction=0.1, reference_batch=16, lr_scaling="sqrt",
+        lr_per_doubling=2 ** (1 / 3)),
     "d2l": Recipe(
         "the d2l Fine-Tuning chapter: plain SGD, constant LR, head x10, batch 128, 5 epochs",
         {"optimizer": "sgd", "head_lr_mult": 10.0, "lr_scheduler": "constant", "epochs": 5, "freeze_epochs": 0,
@@ -98,6 +107,21 @@ def scale_lr(lr: float, batch_size: int, recipe: Recipe, optimizer: str) -> floa
     return lr * (ratio if optimizer == "sgd" and recipe.lr_scaling == "linear" else math.sqrt(ratio))
 
 
+def scaled_lr(lr: float, batch_size: int, train_size: int, recipe: Recipe, optimizer: str) -> tuple[float, str]:
+    """The recipe's `lr` for this batch and data size, and why it differs from `lr` ("" when it does not)."""
+    why = []
+    if batch_size != recipe.reference_batch:
+        rule = "linearly" if optimizer == "sgd" and recipe.lr_scaling == "linear" else "by the square root"
+        why.append(f"scaled {rule} with the batch ({batch_size} vs the {recipe.reference_batch} it was measured at)")
+    scaled = scale_lr(lr, batch_size, recipe, optimizer)
+    doublings = data_doublings(train_size)
+    if optimizer == "sgd" and recipe.lr_per_doubling != 1 and doublings:
+        scaled *= recipe.lr_per_doubling ** doublings
+        why.append(f"x{recipe.lr_per_doubling ** doublings:.2f} with the data size ({doublings:.1f} doublings "
+                   f"beyond {SMALL_DATA:,} training photos)")
+    return scaled, (f"{scaled:g}, not the recipe's {lr:g}: " + " and ".join(why) if why else "")
+
+
 def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bool,
                      layer_groups: bool) -> tuple[dict, dict]:
     """Fill every unset (None) option of `config` (a copy `config.resolve_config` owns) that the recipe knows,
@@ -116,12 +140,10 @@ def fill_from_recipe(config, train_size: int, num_processes: int, pretrained: bo
     shares = num_processes * config.gradient_accumulation_steps
     size = 128 if recipe.batch_size == "chapter" else small_data_batch_size(train_size)
     filled |= _fill(config, {"batch_size": math.ceil(size / shares) * shares})
-    if lr_unset and config.batch_size != recipe.reference_batch:
-        measured = config.lr
-        config.lr = filled["lr"] = scale_lr(measured, config.batch_size, recipe, config.optimizer)
-        rule = "linearly" if config.optimizer == "sgd" and recipe.lr_scaling == "linear" else "by the square root"
-        adjusted["lr"] = (f"{config.lr:g}, not the recipe's {measured:g}: scaled {rule} with the batch "
-                          f"({config.batch_size} vs the {recipe.reference_batch} it was measured at)")
+    if lr_unset:
+        config.lr, adjusted_lr = scaled_lr(config.lr, config.batch_size, train_size, recipe, config.optimizer)
+        if adjusted_lr:
+            filled["lr"], adjusted["lr"] = config.lr, adjusted_lr
     # Updates per epoch: Accelerate pads each process to the same number of batches, and the last accumulation
     # of an epoch steps too, so ceil(ceil(ceil(N / per device) / processes) / accumulation) = ceil(N / batch).
     updates_per_epoch = math.ceil(train_size / config.batch_size)
@@ -158,11 +180,14 @@ def head_only_epochs(epochs: int, updates_per_epoch: int) -> int:
     return min(2, epochs // 2, needed)
 
 
+def data_doublings(train_size: int) -> float:
+    """How many times `train_size` training photos double SMALL_DATA, between 0 and MAX_DOUBLINGS."""
+    return min(MAX_DOUBLINGS, math.log2(train_size / SMALL_DATA)) if train_size > SMALL_DATA else 0.0
+
+
 def layer_decay_for(train_size: int) -> float:
-    """LP-FT's layer-wise LR decay for `train_size` training photos (a sweep's centre knows no data yet: the
-    small-data value)."""
-    doublings = math.log2(train_size / SMALL_DATA) if train_size > SMALL_DATA else 0.0
-    return round(min(LAYER_DECAY_MAX, LAYER_DECAY + LAYER_DECAY_PER_DOUBLING * doublings), 2)
+    """LP-FT's layer-wise LR decay for `train_size` training photos."""
+    return round(LAYER_DECAY + LAYER_DECAY_PER_DOUBLING * data_doublings(train_size), 2)
 
 
 def small_data_batch_size(train_size: int) -> int:

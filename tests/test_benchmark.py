@@ -108,3 +108,31 @@ def test_precision_benchmark_times_every_format_and_names_the_cpu_and_what_auto_
     baseline = float(rows[0][1])
     for name, rate, ratio in rows:
         assert float(rate) > 0 and float(ratio.rstrip("x")) == pytest.approx(float(rate) / baseline, rel=0.05, abs=0.01)
+
+
+def test_the_grid_replays_early_stopping_on_its_finished_runs(tmp_path):
+    """`recipe_grid --replay-patience`: where each rule would have stopped a finished run, and the model (best eval
+    loss among the epochs it ran) it would have saved instead of the run's own."""
+    import json
+
+    losses = {"lp-ft": [5, 4, 3, 2.5, 2.6, 2.7, 2.8, 2.4, 2.45, 2.5],
+              "d2l": [5, 4, 3, 2.9, 2.8, 2.7, 2.6, 2.5, 2.4, 2.3]}
+    results = tmp_path / "grid.jsonl"
+    for variant, curve in losses.items():
+        folder = tmp_path / variant
+        folder.mkdir()
+        history = [{"epoch": epoch, "eval_loss": loss, "eval_acc": epoch / 100} for epoch, loss in enumerate(curve, 1)]
+        (folder / "metrics.json").write_text(json.dumps({"history": history}))
+        row = {"data": "toy", "img_size": 64, "epochs": 10, "variant": "default" if variant == "lp-ft" else "d2l",
+               "seed": 0, "metric": "eval_acc", "command": f"-m hf_finetune --output-dir {folder} --seed 0"}
+        with results.open("a") as file:
+            file.write(json.dumps(row) + "\n")
+    text = run_benchmark("--results", results, "--replay-patience", "3", "5", "25%",
+                         module="benchmarks.recipe_grid").stdout
+    rows = {(row[0], row[1]): row[3:] for row in _rows(text, "") if row[0] in ("3", "5", "25%")}
+    # Patience 3 stops lp-ft after epoch 7 (best: epoch 4), 3 of 10 epochs saved; it keeps epoch 4, not the run's 8.
+    assert rows["3", "lp-ft"] == ["1", "1", "3 of 10 (30%)", "1: toy 64 px default seed 0 0.080 -> 0.040",
+                                  "-4.00 pts"]
+    assert rows["25%", "lp-ft"] == rows["3", "lp-ft"]  # 25% of 10 epochs, rounded up
+    assert rows["5", "lp-ft"] == ["1", "0", "0 of 10 (0%)", "0", "+0.00 pts"]
+    assert rows["3", "d2l"] == ["1", "0", "0 of 10 (0%)", "0", "+0.00 pts"]  # improving every epoch: never stops

@@ -44,11 +44,23 @@ def test_the_head_warm_up_lasts_the_fewest_epochs_that_give_the_head_50_updates(
     assert scratch.recipe_adjusted["freeze_epochs"] == "0, not the recipe's 1: the backbone is random (--no-pretrained)"
 
 
-def test_the_layer_decay_relaxes_as_the_training_photos_double():
-    # 0.75 up to 1,000 photos, +0.05 a doubling, at most 0.9: food101-30's 9,000 photos get 0.9 (ACCURACY.md).
+def test_the_layer_decay_relaxes_and_the_lr_rises_as_the_training_photos_double():
+    # Beyond 1,000 photos each doubling, up to 3 (8,000 photos), adds 0.05 to the layer decay and multiplies the LR
+    # by 2^(1/3): food101-30's 9,000 photos get 0.9 and twice the batch rule's LR (ACCURACY.md).
     sizes = (200, 1000, 2000, 3000, 9000, None)  # None: a stream of unknown size, a large one
-    assert [resolved(parse_config([]), train_size=size).layer_decay for size in sizes] == [0.75, 0.75, 0.8, 0.83,
-                                                                                           0.9, 0.9]
+    configs = [resolved(parse_config([]), train_size=size) for size in sizes]
+    assert [config.layer_decay for config in configs] == [0.75, 0.75, 0.8, 0.83, 0.9, 0.9]
+    at_batch_128 = 2e-4 * (128 / 16) ** 0.5
+    assert [config.lr for config in configs] == pytest.approx([2e-4, 4e-4, at_batch_128 * 2 ** (1 / 3),
+                                                               at_batch_128 * 3 ** (1 / 3), 2 * at_batch_128,
+                                                               2 * at_batch_128])
+    assert configs[4].recipe_adjusted["lr"] == (
+        "0.00113137, not the recipe's 0.0002: scaled by the square root with the batch (128 vs the 16 it was "
+        "measured at) and x2.00 with the data size (3.0 doublings beyond 1,000 training photos)")
+    assert resolved(parse_config(["--lr", "1e-3"]), train_size=9000).lr == 1e-3  # given: never scaled
+    # Neither the chapter's recipe nor AdamW (whose LR was not measured against the data size) grows with it.
+    assert resolved(parse_config(["--recipe", "d2l"]), train_size=9000).lr == pytest.approx(6.4e-3)
+    assert resolved(parse_config(["--optimizer", "adamw"]), train_size=9000).lr == pytest.approx(1e-4 * 8 ** 0.5)
     assert resolved(parse_config([]), train_size=9000).recipe_values["layer_decay"] == 0.9
     assert resolved(parse_config(["--layer-decay", "0.75"]), train_size=9000).layer_decay == 0.75  # given: kept
     scratch = resolved(parse_config([]), train_size=9000, pretrained=False)
