@@ -100,20 +100,16 @@ def backbone_lr(config) -> float:
     return config.lr or (recipe.sgd if optimizer == "sgd" else ADAMW_DEFAULTS)["lr"]
 
 
-def scale_lr(lr: float, batch_size: int, recipe: Recipe, optimizer: str) -> float:
-    """`lr`, measured at the recipe's reference batch, for `batch_size`: by the recipe's rule for SGD, by the
-    square root for AdamW (as timm's train.py scales adaptive optimizers)."""
-    ratio = batch_size / recipe.reference_batch
-    return lr * (ratio if optimizer == "sgd" and recipe.lr_scaling == "linear" else math.sqrt(ratio))
-
-
 def scaled_lr(lr: float, batch_size: int, train_size: int, recipe: Recipe, optimizer: str) -> tuple[float, str]:
-    """The recipe's `lr` for this batch and data size, and why it differs from `lr` ("" when it does not)."""
-    why = []
+    """The recipe's `lr` (measured at its reference batch) for this batch and data size, and why it differs from
+    `lr` ("" when it does not). The batch scales it by the recipe's rule for SGD, by the square root for AdamW (as
+    timm's train.py scales adaptive optimizers); the data size by the recipe's factor per doubling, SGD only."""
+    linear = optimizer == "sgd" and recipe.lr_scaling == "linear"
+    ratio = batch_size / recipe.reference_batch
+    scaled, why = lr * (ratio if linear else math.sqrt(ratio)), []
     if batch_size != recipe.reference_batch:
-        rule = "linearly" if optimizer == "sgd" and recipe.lr_scaling == "linear" else "by the square root"
-        why.append(f"scaled {rule} with the batch ({batch_size} vs the {recipe.reference_batch} it was measured at)")
-    scaled = scale_lr(lr, batch_size, recipe, optimizer)
+        why.append(f"scaled {'linearly' if linear else 'by the square root'} with the batch ({batch_size} vs the "
+                   f"{recipe.reference_batch} it was measured at)")
     doublings = data_doublings(train_size)
     if optimizer == "sgd" and recipe.lr_per_doubling != 1 and doublings:
         scaled *= recipe.lr_per_doubling ** doublings
