@@ -124,7 +124,7 @@ def replay_patience(rows: list[dict], rules: list[str]) -> str:
             missing += 1
             continue
         history = json.loads(metrics.read_text())["history"]
-        kept = min(history, key=lambda epoch: epoch["eval_loss"])  # min keeps the first of equals, as selection does
+        kept = history[row["selected_epoch"] - 1]  # the run's own saved model
         for rule in rules:
             patience, best, stop = patience_for(rule, row["epochs"]), history[0], row["epochs"]
             for epoch in history:
@@ -132,7 +132,7 @@ def replay_patience(rows: list[dict], rules: list[str]) -> str:
                 if epoch["epoch"] - best["epoch"] >= patience:
                     stop = epoch["epoch"]
                     break
-            saved = min(history[:stop], key=lambda epoch: epoch["eval_loss"])
+            saved = min(history[:stop], key=lambda epoch: epoch["eval_loss"])  # the first of equals, as selection
             group = groups[rule, "d2l" if row["variant"] == "d2l" else "lp-ft", row["epochs"]]
             group["runs"] += 1
             group["epochs"] += row["epochs"]
@@ -144,7 +144,7 @@ def replay_patience(rows: list[dict], rules: list[str]) -> str:
                                         f"{kept['eval_acc']:.3f} -> {saved['eval_acc']:.3f}")
     lines = ["| patience | recipe | epochs | runs | stopped early | epochs saved | saved model changed (acc before -> "
              "after) | mean acc change |", "|---|---|---|---|---|---|---|---|"]
-    for (rule, recipe, epochs), group in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
+    for (rule, recipe, epochs), group in sorted(groups.items()):
         lines.append(f"| {rule} | {recipe} | {epochs} | {group['runs']} | {group['stopped']} | {group['saved']} of "
                      f"{group['epochs']} ({group['saved'] / group['epochs']:.0%}) | "
                      f"{len(group['changed'])}{': ' + '; '.join(group['changed']) if group['changed'] else ''} | "

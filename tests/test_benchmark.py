@@ -124,7 +124,8 @@ def test_the_grid_replays_early_stopping_on_its_finished_runs(tmp_path):
         history = [{"epoch": epoch, "eval_loss": loss, "eval_acc": epoch / 100} for epoch, loss in enumerate(curve, 1)]
         (folder / "metrics.json").write_text(json.dumps({"history": history}))
         row = {"data": "toy", "img_size": 64, "epochs": 10, "variant": "default" if variant == "lp-ft" else "d2l",
-               "seed": 0, "metric": "eval_acc", "command": f"-m hf_finetune --output-dir {folder} --seed 0"}
+               "seed": 0, "metric": "eval_acc", "selected_epoch": 1 + curve.index(min(curve)),
+               "command": f"-m hf_finetune --output-dir {folder} --seed 0"}
         with results.open("a") as file:
             file.write(json.dumps(row) + "\n")
     text = run_benchmark("--results", results, "--replay-patience", "3", "5", "25%",
